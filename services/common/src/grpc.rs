@@ -1,0 +1,122 @@
+//! gRPC plumbing: lazily connected client channels, per-call deadlines carried to the
+//! server in `grpc-timeout`, and a server runner with the standard health service.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// How long establishing a TCP connection to a service may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A channel that connects on first use and reconnects by itself, so a client can be
+/// created once at start even when the service is not up yet. Accepts `host:port` or a URL.
+pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Wraps `message` in a request whose deadline travels to the server as `grpc-timeout`.
+pub fn request<T>(message: T, deadline: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
+/// Awaits a client call, giving up with `DEADLINE_EXCEEDED` when `deadline` passes even
+/// if the server never answers.
+pub async fn call<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result.map(Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no answer within {} ms",
+            deadline.as_millis()
+        ))),
+    }
+}
+
+/// The deadline the caller set on `request`, read from its `grpc-timeout` header.
+pub fn deadline_of<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(value)
+}
+
+/// Parses the gRPC wire format of a timeout: up to 8 digits and a unit letter.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(split);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// A fresh health service whose overall status is SERVING; services register their
+/// own names on the returned reporter.
+pub fn health() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    tonic_health::server::health_reporter()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight calls.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!(%local, "grpc server listening");
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!(%local, "grpc server stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_wire_format_of_timeouts() {
+        assert_eq!(parse_grpc_timeout("800m"), Some(Duration::from_millis(800)));
+        assert_eq!(parse_grpc_timeout("12S"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+
+    #[test]
+    fn request_carries_its_deadline() {
+        let request = request((), Duration::from_millis(800));
+        assert_eq!(deadline_of(&request), Some(Duration::from_millis(800)));
+    }
+}

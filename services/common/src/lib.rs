@@ -1,0 +1,48 @@
+//! Plumbing shared by every service of the chat backend.
+//!
+//! Nothing here knows about chats: settings loading, logging set-up, the error codes
+//! that cross service boundaries, gRPC client and server set-up, Redis connections,
+//! token counting, and (behind the `testing` feature) what the tests need.
+
+pub mod error;
+pub mod grpc;
+pub mod redis;
+pub mod settings;
+pub mod telemetry;
+pub mod tokens;
+pub mod user;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::ErrorCode;
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C), so servers can
+/// finish in-flight requests before exiting.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,168 @@
+//! Every way a request can fail, mapped once to an HTTP status and a JSON body
+//! `{"error": "...", "detail": "..."}`. 5xx bodies say which service failed and how,
+//! never a stack trace; the full cause goes to the log.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chat_common::ErrorCode;
+use chat_proto::QuotaState;
+use serde_json::json;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad json or missing user_id")]
+    BadJson(String),
+    #[error("invalid user_id")]
+    InvalidUserId(String),
+    #[error("invalid text")]
+    InvalidText(String),
+    #[error("payload too large")]
+    PayloadTooLarge(usize),
+    #[error("text blocked by filter")]
+    Blocked(String),
+    /// This gateway's own limiter.
+    #[error("rate_limited")]
+    RateLimited(Duration),
+    /// The provider kept rate limiting after our retries.
+    #[error("rate_limited")]
+    ProviderRateLimited(String),
+    #[error("quota_exceeded")]
+    QuotaExceeded(QuotaState),
+    #[error("insufficient_quota")]
+    InsufficientQuota(String),
+    /// A service failed or did not answer in time.
+    #[error("{service} failed")]
+    Dependency { service: &'static str, status: Status },
+}
+
+impl ApiError {
+    /// A failed call to `service`, classified by its gRPC status.
+    pub fn dependency(service: &'static str, status: Status) -> Self {
+        Self::Dependency { service, status }
+    }
+
+    /// A failed call to the llm service: its status codes carry the provider's answer.
+    pub fn from_llm(status: Status) -> Self {
+        match ErrorCode::from_grpc(status.code()) {
+            ErrorCode::RateLimited => Self::ProviderRateLimited(status.message().to_owned()),
+            ErrorCode::InsufficientQuota => Self::InsufficientQuota(status.message().to_owned()),
+            _ => Self::dependency("llm", status),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        let code = match self {
+            Self::BadJson(_) | Self::InvalidUserId(_) | Self::InvalidText(_) => ErrorCode::BadRequest,
+            Self::PayloadTooLarge(_) => return StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Blocked(_) => ErrorCode::Blocked,
+            Self::RateLimited(_) | Self::ProviderRateLimited(_) => ErrorCode::RateLimited,
+            Self::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            Self::InsufficientQuota(_) => ErrorCode::InsufficientQuota,
+            Self::Dependency { status, .. } => match status.code() {
+                Code::Unavailable => ErrorCode::Unavailable,
+                Code::DeadlineExceeded | Code::Cancelled => ErrorCode::Timeout,
+                _ => ErrorCode::Internal,
+            },
+        };
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::BadJson(detail)
+            | Self::InvalidUserId(detail)
+            | Self::InvalidText(detail)
+            | Self::Blocked(detail)
+            | Self::ProviderRateLimited(detail)
+            | Self::InsufficientQuota(detail) => detail.clone(),
+            Self::PayloadTooLarge(limit) => format!("the request body is larger than {limit} bytes"),
+            Self::RateLimited(wait) => format!(
+                "too many requests; retry in {} s",
+                retry_after_secs(*wait)
+            ),
+            Self::QuotaExceeded(quota) => format!(
+                "the daily token quota is spent ({} of {} left); it resets in {} s",
+                quota.remaining, quota.limit, quota.reset_after_seconds
+            ),
+            Self::Dependency { service, status } => match status.code() {
+                Code::Unavailable => format!("the {service} service is unavailable"),
+                Code::DeadlineExceeded | Code::Cancelled => {
+                    format!("the {service} service did not answer in time")
+                }
+                // The llm service's messages describe the provider's answer, scrubbed of secrets.
+                _ if *service == "llm" => status.message().to_owned(),
+                _ => format!("the {service} service failed"),
+            },
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited(wait) => Some(retry_after_secs(*wait)),
+            Self::QuotaExceeded(quota) => Some(quota.reset_after_seconds.max(1) as u64),
+            _ => None,
+        }
+    }
+}
+
+fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            if let Self::Dependency { service, status } = &self {
+                tracing::error!(service, code = ?status.code(), message = %status.message(), "dependency failed");
+            }
+        } else {
+            tracing::info!(error = %self, detail = %self.detail(), "request refused");
+        }
+        let mut body = json!({"error": self.to_string(), "detail": self.detail()});
+        if let Self::QuotaExceeded(quota) = &self {
+            body["remaining"] = quota.remaining.into();
+            body["limit"] = quota.limit.into();
+            body["reset_after_seconds"] = quota.reset_after_seconds.into();
+        }
+        let retry_after = self.retry_after();
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_error_table() {
+        let cases = [
+            (ApiError::BadJson(String::new()), 400),
+            (ApiError::Blocked(String::new()), 400),
+            (ApiError::PayloadTooLarge(1), 413),
+            (ApiError::InsufficientQuota(String::new()), 402),
+            (ApiError::RateLimited(Duration::from_millis(1500)), 429),
+            (ApiError::QuotaExceeded(QuotaState::default()), 429),
+            (ApiError::dependency("filter", Status::internal("x")), 500),
+            (ApiError::dependency("token", Status::unavailable("x")), 503),
+            (ApiError::from_llm(Status::deadline_exceeded("x")), 504),
+            (ApiError::from_llm(Status::resource_exhausted("x")), 429),
+            (ApiError::from_llm(Status::failed_precondition("x")), 402),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+        }
+        assert_eq!(ApiError::RateLimited(Duration::from_millis(1500)).retry_after(), Some(2));
+        assert_eq!(ApiError::dependency("llm", Status::internal("x")).to_string(), "llm failed");
+    }
+}

@@ -1,0 +1,134 @@
+//! The Redis side: each user's most recent messages, newest first, as JSON.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/append.lua")));
+static REFILL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/refill.lua")));
+
+/// One message as cached; the same fields MySQL holds, so both answers agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedMessage {
+    pub id: i64,
+    pub role: String,
+    pub text: String,
+    pub created_at_unix_ms: i64,
+}
+
+pub struct Cache {
+    pool: Pool,
+    prefix: String,
+    size: u32,
+    ttl_secs: u64,
+    timeout: Duration,
+}
+
+impl Cache {
+    pub fn new(pool: Pool, prefix: String, size: u32, ttl_secs: u64, timeout: Duration) -> Self {
+        Self {
+            pool,
+            prefix,
+            size,
+            ttl_secs,
+            timeout,
+        }
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn keys(&self, user_id: &str) -> (String, String) {
+        let list = format!("{}history:{user_id}", self.prefix);
+        let version = format!("{list}:version");
+        (list, version)
+    }
+
+    async fn run<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    ) -> anyhow::Result<T> {
+        let work = async {
+            let mut connection = self.pool.get().await?;
+            Ok::<T, anyhow::Error>(operation(&mut connection).await?)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| anyhow::anyhow!("redis timed out"))?
+    }
+
+    /// The newest `limit` messages, newest first, or `None` on a miss.
+    pub async fn recent(&self, user_id: &str, limit: u32) -> anyhow::Result<Option<Vec<CachedMessage>>> {
+        let (list, _) = self.keys(user_id);
+        let raw: Vec<String> = self
+            .run(async |connection| {
+                redis::cmd("LRANGE")
+                    .arg(&list)
+                    .arg(0)
+                    .arg(i64::from(limit) - 1)
+                    .query_async(connection)
+                    .await
+            })
+            .await?;
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let messages = raw
+            .iter()
+            .map(|item| serde_json::from_str(item))
+            .collect::<Result<Vec<CachedMessage>, _>>()?;
+        Ok(Some(messages))
+    }
+
+    /// The version to hand to [`Cache::refill`] after reading MySQL.
+    pub async fn version(&self, user_id: &str) -> anyhow::Result<String> {
+        let (_, version) = self.keys(user_id);
+        let current: Option<String> = self
+            .run(async |connection| redis::cmd("GET").arg(&version).query_async(connection).await)
+            .await?;
+        Ok(current.unwrap_or_else(|| "0".to_owned()))
+    }
+
+    /// Caches `newest_first` unless a save happened since `version` was read.
+    pub async fn refill(
+        &self,
+        user_id: &str,
+        version: &str,
+        newest_first: &[CachedMessage],
+    ) -> anyhow::Result<bool> {
+        let (list, version_key) = self.keys(user_id);
+        let items = newest_first
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut invocation = REFILL.key(list);
+        invocation.key(version_key).arg(version).arg(self.ttl_secs).arg(items);
+        let stored: i64 = self
+            .run(async |connection| invocation.invoke_async(connection).await)
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Records saved messages (oldest first) after their MySQL commit.
+    pub async fn append(&self, user_id: &str, oldest_first: &[CachedMessage]) -> anyhow::Result<()> {
+        let (list, version_key) = self.keys(user_id);
+        let items = oldest_first
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut invocation = APPEND.key(list);
+        invocation
+            .key(version_key)
+            .arg(self.ttl_secs)
+            .arg(self.size)
+            .arg(items);
+        let _: i64 = self
+            .run(async |connection| invocation.invoke_async(connection).await)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! History service (:50054): every message in MySQL, the most recent ones of each user
+//! cached in Redis.
+//!
+//! `Save` writes MySQL first (the source of truth), then appends to the cached list if
+//! there is one. `List` answers oldest first whether it read the cache or MySQL; a miss
+//! refills the cache. A per-user version counter keeps a refill that raced a save from
+//! caching a list without the saved messages. The schema is created and upgraded by the
+//! versioned migrations in `deploy/mysql/migrations` at start.
+
+mod cache;
+mod dsn;
+mod migrations;
+mod store;
+
+use std::future::Future;
+
+use chat_proto::history_service_server::HistoryServiceServer;
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+pub use dsn::mysql_opts;
+pub use migrations::migrate;
+pub use store::History;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Address the gRPC server binds (`HISTORY_LISTEN`).
+    pub history_listen: String,
+    /// `mysql://user:pass@host:3306/db` or the original's Go form
+    /// `user:pass@tcp(host:3306)/db?...` (`MYSQL_DSN`). Secret: it holds a password.
+    pub mysql_dsn: SecretString,
+    /// `host:port` or `redis://` URL (`REDIS_ADDR`).
+    pub redis_addr: String,
+    /// Prepended to every key, to share one Redis between deployments or tests.
+    pub redis_key_prefix: String,
+    /// Messages kept in each user's cached list (`HISTORY_CACHE_SIZE`).
+    pub history_cache_size: u32,
+    /// A cached list unused this long expires, bounding staleness after an outage.
+    pub history_cache_ttl_secs: u64,
+    /// Messages a `List` without a limit returns.
+    pub history_default_limit: u32,
+    /// Most messages one `List` may return.
+    pub history_max_limit: u32,
+    /// Per-operation timeout for MySQL and Redis, so an outage answers promptly.
+    pub store_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            history_listen: "0.0.0.0:50054".to_owned(),
+            mysql_dsn: SecretString::from("mysql://root:root@localhost:3306/chatdb"),
+            redis_addr: "localhost:6379".to_owned(),
+            redis_key_prefix: String::new(),
+            history_cache_size: 40,
+            history_cache_ttl_secs: 24 * 3600,
+            history_default_limit: 40,
+            history_max_limit: 200,
+            store_timeout_ms: 2000,
+        }
+    }
+}
+
+/// Migrates the schema, then serves history on `listener` until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let history = History::connect(&settings).await?;
+    let (reporter, health) = chat_common::grpc::health();
+    reporter
+        .set_serving::<HistoryServiceServer<History>>()
+        .await;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(HistoryServiceServer::new(history.clone()));
+    let served = chat_common::grpc::serve(router, listener, shutdown).await;
+    history.close().await;
+    served
+}

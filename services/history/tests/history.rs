@@ -1,0 +1,151 @@
+//! History against a real MySQL-protocol server and a real Redis.
+
+use chat_common::testing::{TestDatabase, TestRedis};
+use chat_history::{History, Settings};
+use chat_proto::history_service_server::HistoryService;
+use chat_proto::{ListRequest, ListResponse, NewMessage, Role, SaveRequest};
+use mysql_async::prelude::Queryable;
+use tonic::Request;
+
+fn settings(db: &TestDatabase, redis: &TestRedis) -> Settings {
+    Settings {
+        mysql_dsn: db.url.clone().into(),
+        redis_addr: redis.addr.clone(),
+        redis_key_prefix: redis.prefix.clone(),
+        history_cache_size: 40,
+        ..Settings::default()
+    }
+}
+
+async fn save(history: &History, user: &str, turns: &[(Role, &str)]) -> anyhow::Result<Vec<i64>> {
+    let messages = turns
+        .iter()
+        .map(|(role, text)| NewMessage {
+            role: (*role).into(),
+            text: (*text).into(),
+        })
+        .collect();
+    Ok(history
+        .save(Request::new(SaveRequest {
+            user_id: user.into(),
+            messages,
+        }))
+        .await?
+        .into_inner()
+        .ids)
+}
+
+async fn list(history: &History, user: &str, limit: u32) -> anyhow::Result<ListResponse> {
+    Ok(history
+        .list(Request::new(ListRequest {
+            user_id: user.into(),
+            limit,
+        }))
+        .await?
+        .into_inner())
+}
+
+fn texts(response: &ListResponse) -> Vec<&str> {
+    response.messages.iter().map(|m| m.text.as_str()).collect()
+}
+
+#[tokio::test]
+async fn lists_oldest_first_from_mysql_and_from_the_cache_alike() -> anyhow::Result<()> {
+    let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
+    let history = History::connect(&settings(&db, &redis)).await?;
+    save(&history, "u1", &[(Role::User, "你好，世界 🌏"), (Role::Assistant, "你好！👋")]).await?;
+    save(&history, "u1", &[(Role::User, "second"), (Role::Assistant, "reply two")]).await?;
+    save(&history, "u2", &[(Role::User, "someone else")]).await?;
+
+    let cold = list(&history, "u1", 0).await?;
+    assert!(!cold.from_cache);
+    assert_eq!(texts(&cold), ["你好，世界 🌏", "你好！👋", "second", "reply two"]);
+    let roles: Vec<Role> = cold.messages.iter().map(|m| m.role()).collect();
+    assert_eq!(roles, [Role::User, Role::Assistant, Role::User, Role::Assistant]);
+
+    let warm = list(&history, "u1", 0).await?;
+    assert!(warm.from_cache);
+    assert_eq!(warm.messages, cold.messages, "cache and database agree to the millisecond");
+
+    // A save after the cache was filled shows up in the cached answer.
+    save(&history, "u1", &[(Role::User, "third")]).await?;
+    let after = list(&history, "u1", 2).await?;
+    assert!(after.from_cache);
+    assert_eq!(texts(&after), ["reply two", "third"]);
+    assert_eq!(texts(&list(&history, "u2", 0).await?), ["someone else"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cache_keeps_the_newest_forty_in_step_with_mysql() -> anyhow::Result<()> {
+    let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
+    let history = History::connect(&settings(&db, &redis)).await?;
+    save(&history, "u1", &[(Role::User, "m0")]).await?;
+    list(&history, "u1", 0).await?; // fills the cache
+    for i in 1..50 {
+        save(&history, "u1", &[(Role::User, &format!("m{i}"))]).await?;
+    }
+    let cached = list(&history, "u1", 40).await?;
+    assert!(cached.from_cache);
+    let from_mysql = list(&history, "u1", 41).await?;
+    assert!(!from_mysql.from_cache, "more than the cache holds reads MySQL");
+    assert_eq!(cached.messages[..], from_mysql.messages[1..]);
+    assert_eq!(texts(&cached).first(), Some(&"m10"));
+    assert_eq!(texts(&cached).last(), Some(&"m49"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_upgrade_the_original_table() -> anyhow::Result<()> {
+    let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
+    // The table exactly as the original Go service created it, in a legacy charset.
+    let pool = mysql_async::Pool::new(chat_history::mysql_opts(&db.url)?);
+    let mut connection = pool.get_conn().await?;
+    connection
+        .query_drop(
+            "CREATE TABLE chat_history (
+               id BIGINT PRIMARY KEY AUTO_INCREMENT,
+               user_id VARCHAR(64) NOT NULL,
+               role ENUM('user','assistant') NOT NULL,
+               text TEXT NOT NULL,
+               created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+             ) ENGINE=InnoDB DEFAULT CHARSET=latin1",
+        )
+        .await?;
+    connection
+        .query_drop("INSERT INTO chat_history (user_id, role, text) VALUES ('u1', 'user', 'old message')")
+        .await?;
+    let history = History::connect(&settings(&db, &redis)).await?;
+    assert_eq!(chat_history::migrate(&pool).await?, 0, "second run does nothing");
+    save(&history, "u1", &[(Role::User, "新消息 🚀")]).await?;
+    assert_eq!(texts(&list(&history, "u1", 0).await?), ["old message", "新消息 🚀"]);
+    let charset: Option<String> = connection
+        .query_first(
+            "SELECT character_set_name FROM information_schema.columns
+             WHERE table_schema = DATABASE() AND table_name = 'chat_history' AND column_name = 'text'",
+        )
+        .await?;
+    assert_eq!(charset.as_deref(), Some("utf8mb4"));
+    drop(connection);
+    pool.disconnect().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_are_invalid_arguments() -> anyhow::Result<()> {
+    let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
+    let history = History::connect(&settings(&db, &redis)).await?;
+    let code = |result: anyhow::Result<_>| {
+        result
+            .err()
+            .and_then(|error| error.downcast::<tonic::Status>().ok())
+            .map(|status| status.code())
+    };
+    assert_eq!(code(save(&history, "bad user", &[(Role::User, "x")]).await), Some(tonic::Code::InvalidArgument));
+    assert_eq!(code(save(&history, "u1", &[]).await), Some(tonic::Code::InvalidArgument));
+    assert_eq!(code(save(&history, "u1", &[(Role::System, "x")]).await), Some(tonic::Code::InvalidArgument));
+    let listed = list(&history, &"x".repeat(65), 0).await.err();
+    let listed = listed.and_then(|error| error.downcast::<tonic::Status>().ok());
+    assert_eq!(listed.map(|status| status.code()), Some(tonic::Code::InvalidArgument));
+    Ok(())
+}

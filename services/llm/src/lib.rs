@@ -1,0 +1,81 @@
+//! LLM service (:50055): one chat completion per call, from OpenAI or any server that
+//! speaks its Chat Completions API (Ollama, vLLM, LM Studio, ...) at `OPENAI_BASE_URL`.
+//!
+//! Upstream rate limits are retried with exponential backoff and jitter while the
+//! caller's deadline allows, then answered `RESOURCE_EXHAUSTED`; an account without
+//! credit is `FAILED_PRECONDITION`; a provider that does not answer in time is
+//! `DEADLINE_EXCEEDED`; anything else is `INTERNAL`, with no secret in the message.
+//! Without `OPENAI_API_KEY` a built-in mock answers, so the system works with no account.
+
+mod provider;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chat_proto::llm_service_server::LlmServiceServer;
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+pub use provider::{Llm, ProviderKind};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Address the gRPC server binds (`LLM_LISTEN`).
+    pub llm_listen: String,
+    /// Provider API key (`OPENAI_API_KEY`); without it the mock provider answers.
+    pub openai_api_key: Option<SecretString>,
+    /// Base URL of the Chat Completions API, ending in `/v1` (`OPENAI_BASE_URL`).
+    pub openai_base_url: String,
+    /// Model asked for (`OPENAI_MODEL`).
+    pub openai_model: String,
+    /// `auto` (OpenAI when a key is set, else the mock), `openai` or `mock` (`LLM_PROVIDER`).
+    pub llm_provider: String,
+    /// Completion cap when the caller sets none (`MAX_OUTPUT_TOKENS`).
+    pub max_output_tokens: u32,
+    /// Deadline when the caller sets none (`LLM_TIMEOUT_MS`).
+    pub llm_timeout_ms: u64,
+    /// Retries after an upstream rate limit, deadline permitting (`LLM_MAX_RETRIES`).
+    pub llm_max_retries: u32,
+    /// First backoff after a rate limit; doubled each retry, with jitter (`LLM_RETRY_BASE_MS`).
+    pub llm_retry_base_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            llm_listen: "0.0.0.0:50055".to_owned(),
+            openai_api_key: None,
+            openai_base_url: "https://api.openai.com/v1".to_owned(),
+            openai_model: "gpt-4o-mini".to_owned(),
+            llm_provider: "auto".to_owned(),
+            max_output_tokens: 512,
+            llm_timeout_ms: 12_000,
+            llm_max_retries: 4,
+            llm_retry_base_ms: 250,
+        }
+    }
+}
+
+impl Settings {
+    pub fn default_timeout(&self) -> Duration {
+        Duration::from_millis(self.llm_timeout_ms)
+    }
+}
+
+/// Serves completions on `listener` until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let llm = Llm::new(&settings)?;
+    chat_common::tokens::warm_up();
+    let (reporter, health) = chat_common::grpc::health();
+    reporter.set_serving::<LlmServiceServer<Llm>>().await;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(LlmServiceServer::new(llm));
+    chat_common::grpc::serve(router, listener, shutdown).await
+}

@@ -1,0 +1,144 @@
+//! The real async-openai client path against a local server speaking OpenAI's wire format.
+
+use std::time::Duration;
+
+use chat_common::testing::{FakeOpenAi, Upstream};
+use chat_llm::{Llm, ProviderKind, Settings};
+use chat_proto::llm_service_server::LlmService;
+use chat_proto::{ChatMessage, CompleteRequest, CompleteResponse, Role};
+use tonic::Code;
+
+fn llm(fake: &FakeOpenAi) -> anyhow::Result<Llm> {
+    Llm::new(&Settings {
+        openai_api_key: Some("sk-test-key-0123456789".to_owned().into()),
+        openai_base_url: fake.base_url.clone(),
+        openai_model: "gpt-test".into(),
+        llm_retry_base_ms: 10,
+        ..Settings::default()
+    })
+}
+
+fn conversation() -> CompleteRequest {
+    let message = |role: Role, content: &str| ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    CompleteRequest {
+        messages: vec![
+            message(Role::User, "my name is Ada"),
+            message(Role::Assistant, "hello Ada"),
+            message(Role::User, "what is my name?"),
+        ],
+        max_tokens: 64,
+        user_id: "u1".into(),
+    }
+}
+
+async fn complete(llm: &Llm, deadline: Duration) -> Result<CompleteResponse, tonic::Status> {
+    llm.complete(chat_common::grpc::request(conversation(), deadline))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_completion_carries_the_whole_conversation_and_the_real_usage() -> anyhow::Result<()> {
+    let fake = FakeOpenAi::start().await?;
+    let llm = llm(&fake)?;
+    assert_eq!(llm.kind(), ProviderKind::OpenAi);
+    let answer = complete(&llm, Duration::from_secs(5)).await?;
+    assert_eq!(answer.reply, "echo: what is my name?");
+    assert_eq!(answer.model, "gpt-test");
+    let usage = answer.usage.unwrap_or_default();
+    assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+    assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    let sent = &requests[0];
+    assert_eq!(sent["model"], "gpt-test");
+    assert_eq!(sent["max_completion_tokens"], 64);
+    let roles: Vec<&str> = sent["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|message| message["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user"]);
+    assert_eq!(sent["messages"][0]["content"], "my name is Ada");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rate_limits_are_retried_then_succeed() -> anyhow::Result<()> {
+    let fake = FakeOpenAi::start().await?;
+    fake.then([Upstream::RateLimited, Upstream::RateLimited]);
+    let answer = complete(&llm(&fake)?, Duration::from_secs(5)).await?;
+    assert_eq!(answer.reply, "echo: what is my name?");
+    assert_eq!(fake.requests().len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rate_limit_that_persists_is_resource_exhausted() -> anyhow::Result<()> {
+    let fake = FakeOpenAi::start().await?;
+    fake.always(Upstream::RateLimited);
+    let status = complete(&llm(&fake)?, Duration::from_secs(5)).await.err();
+    assert_eq!(status.map(|status| status.code()), Some(Code::ResourceExhausted));
+    // One call and the configured four retries.
+    assert_eq!(fake.requests().len(), 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_account_without_credit_is_failed_precondition_and_not_retried() -> anyhow::Result<()> {
+    let fake = FakeOpenAi::start().await?;
+    fake.always(Upstream::InsufficientQuota);
+    let status = complete(&llm(&fake)?, Duration::from_secs(5)).await.err();
+    assert_eq!(status.map(|status| status.code()), Some(Code::FailedPrecondition));
+    assert_eq!(fake.requests().len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_error_is_internal_without_the_key() -> anyhow::Result<()> {
+    let fake = FakeOpenAi::start().await?;
+    fake.always(Upstream::ServerError);
+    let status = complete(&llm(&fake)?, Duration::from_secs(5)).await.err();
+    let status = status.ok_or_else(|| anyhow::anyhow!("expected an error"))?;
+    assert_eq!(status.code(), Code::Internal);
+    assert!(status.message().contains("500"), "{}", status.message());
+    assert!(!status.message().contains("sk-test-key"), "{}", status.message());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_provider_runs_into_the_deadline() -> anyhow::Result<()> {
+    let fake = FakeOpenAi::start().await?;
+    fake.always(Upstream::Slow(Duration::from_secs(5)));
+    let status = complete(&llm(&fake)?, Duration::from_millis(300)).await.err();
+    assert_eq!(status.map(|status| status.code()), Some(Code::DeadlineExceeded));
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_key_the_mock_answers_and_says_so() -> anyhow::Result<()> {
+    let llm = Llm::new(&Settings::default())?;
+    assert_eq!(llm.kind(), ProviderKind::Mock);
+    let answer = complete(&llm, Duration::from_secs(1)).await?;
+    assert!(answer.reply.contains("mock"), "{}", answer.reply);
+    assert!(answer.reply.contains("what is my name?"), "{}", answer.reply);
+    assert_eq!(answer, complete(&llm, Duration::from_secs(1)).await?, "deterministic");
+    assert!(answer.usage.is_some_and(|usage| usage.total_tokens > 0));
+    Ok(())
+}
+
+#[test]
+fn an_openai_provider_without_a_key_stops_the_service() {
+    let error = Llm::new(&Settings {
+        llm_provider: "openai".into(),
+        ..Settings::default()
+    })
+    .err()
+    .map(|error| error.to_string())
+    .unwrap_or_default();
+    assert!(error.contains("OPENAI_API_KEY"), "{error}");
+}

@@ -1,0 +1,257 @@
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use chat_common::user::validate_user_id;
+use chat_proto::token_service_server::TokenService;
+use chat_proto::{
+    QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SettleRequest, SettleResponse,
+};
+use redis::Script;
+use deadpool_redis::{Connection, Pool};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tonic::{Request, Response, Status};
+
+use crate::Settings;
+
+static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
+static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/sweep.lua")));
+
+/// Reservations refunded per sweep script call, to keep each call short.
+const SWEEP_BATCH: usize = 100;
+
+/// The quota store; cheap to clone.
+#[derive(Clone)]
+pub struct Quota {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    prefix: String,
+    daily_limit: i64,
+    timezone: TimeZone,
+    key_ttl_secs: i64,
+    reservation_ttl_ms: i64,
+    redis_timeout: Duration,
+}
+
+/// Today in the configured time zone.
+struct Day {
+    date: String,
+    reset_after_seconds: i64,
+}
+
+impl Quota {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let timezone = TimeZone::get(&settings.quota_timezone).map_err(|error| {
+            anyhow::anyhow!(
+                "QUOTA_TIMEZONE {:?} is not a known time zone: {error}",
+                settings.quota_timezone
+            )
+        })?;
+        anyhow::ensure!(settings.daily_limit >= 0, "DAILY_LIMIT must not be negative");
+        anyhow::ensure!(
+            settings.reservation_ttl_secs > 0,
+            "RESERVATION_TTL_SECS must be positive"
+        );
+        let redis_timeout = Duration::from_millis(settings.redis_timeout_ms);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool: chat_common::redis::pool(&settings.redis_addr, 64, redis_timeout)?,
+                prefix: settings.redis_key_prefix.clone(),
+                daily_limit: settings.daily_limit,
+                timezone,
+                key_ttl_secs: settings.quota_key_ttl_secs,
+                reservation_ttl_ms: settings.reservation_ttl_secs * 1000,
+                redis_timeout,
+            }),
+        })
+    }
+
+    fn today(&self) -> Result<Day, Status> {
+        let now = Timestamp::now().to_zoned_datetime(self.inner.timezone.clone());
+        let next_midnight = now
+            .date()
+            .tomorrow()
+            .and_then(|tomorrow| tomorrow.to_zoned_datetime(self.inner.timezone.clone()))
+            .map_err(|error| Status::internal(format!("calendar: {error}")))?;
+        Ok(Day {
+            date: now.date().to_string(),
+            reset_after_seconds: (next_midnight.timestamp().as_second()
+                - now.timestamp().as_second())
+            .max(1),
+        })
+    }
+
+    fn quota_key(&self, user_id: &str, date: &str) -> String {
+        format!("{}token:{user_id}:{date}", self.inner.prefix)
+    }
+
+    fn reservation_key(&self, user_id: &str, reservation_id: &str) -> String {
+        format!("{}reservation:{user_id}:{reservation_id}", self.inner.prefix)
+    }
+
+    fn pending_key(&self) -> String {
+        format!("{}reservations:pending", self.inner.prefix)
+    }
+
+    fn state(&self, used: i64, day: &Day) -> QuotaState {
+        QuotaState {
+            remaining: (self.inner.daily_limit - used).max(0),
+            limit: self.inner.daily_limit,
+            reset_after_seconds: day.reset_after_seconds,
+        }
+    }
+
+    async fn connection(&self) -> Result<Connection, Status> {
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|error| Status::unavailable(format!("quota store unavailable: {error}")))
+    }
+
+    /// Runs one Redis operation under the store's timeout.
+    async fn redis<T>(
+        &self,
+        operation: impl Future<Output = deadpool_redis::redis::RedisResult<T>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.inner.redis_timeout, operation).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Status::unavailable(format!("quota store failed: {error}"))),
+            Err(_) => Err(Status::unavailable("quota store timed out")),
+        }
+    }
+
+    /// Refunds every reservation past its deadline; returns how many.
+    pub async fn sweep(&self) -> Result<u64, Status> {
+        let mut connection = self.connection().await?;
+        let now_ms = Timestamp::now().as_millisecond();
+        let mut invocation = SWEEP.key(self.pending_key());
+        invocation.arg(now_ms).arg(SWEEP_BATCH);
+        let mut total = 0;
+        loop {
+            let refunded: u64 = self.redis(invocation.invoke_async(&mut connection)).await?;
+            total += refunded;
+            if refunded < SWEEP_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub(crate) async fn sweep_forever(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(refunded) => tracing::warn!(refunded, "refunded abandoned reservations"),
+                Err(error) => tracing::warn!(%error, "reservation sweep failed"),
+            }
+        }
+    }
+}
+
+fn check_ids(user_id: &str, reservation_id: &str) -> Result<(), Status> {
+    validate_user_id(user_id).map_err(|error| Status::invalid_argument(error.to_string()))?;
+    let valid_id = !reservation_id.is_empty()
+        && reservation_id.len() <= 64
+        && reservation_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid_id {
+        return Err(Status::invalid_argument(
+            "reservation_id must be 1 to 64 letters, digits or dashes",
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl TokenService for Quota {
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        let request = request.into_inner();
+        check_ids(&request.user_id, &request.reservation_id)?;
+        if request.tokens <= 0 {
+            return Err(Status::invalid_argument("tokens must be positive"));
+        }
+        let day = self.today()?;
+        let deadline_ms = Timestamp::now().as_millisecond() + self.inner.reservation_ttl_ms;
+        let mut connection = self.connection().await?;
+        let mut invocation = RESERVE.key(self.quota_key(&request.user_id, &day.date));
+        invocation
+            .key(self.reservation_key(&request.user_id, &request.reservation_id))
+            .key(self.pending_key())
+            .arg(request.tokens)
+            .arg(self.inner.daily_limit)
+            .arg(self.inner.key_ttl_secs)
+            .arg(deadline_ms);
+        let (granted, used): (i64, i64) =
+            self.redis(invocation.invoke_async(&mut connection)).await?;
+        let granted = granted == 1;
+        if !granted {
+            tracing::info!(user_id = %request.user_id, tokens = request.tokens, used, "quota exceeded");
+        }
+        Ok(Response::new(ReserveResponse {
+            granted,
+            quota: Some(self.state(used, &day)),
+        }))
+    }
+
+    async fn settle(
+        &self,
+        request: Request<SettleRequest>,
+    ) -> Result<Response<SettleResponse>, Status> {
+        let request = request.into_inner();
+        check_ids(&request.user_id, &request.reservation_id)?;
+        if request.actual_tokens < 0 {
+            return Err(Status::invalid_argument("actual_tokens must not be negative"));
+        }
+        let day = self.today()?;
+        let mut connection = self.connection().await?;
+        let mut invocation =
+            SETTLE.key(self.reservation_key(&request.user_id, &request.reservation_id));
+        invocation
+            .key(self.pending_key())
+            .key(self.quota_key(&request.user_id, &day.date))
+            .arg(request.actual_tokens);
+        let (settled, used): (i64, i64) =
+            self.redis(invocation.invoke_async(&mut connection)).await?;
+        if settled == 0 {
+            tracing::warn!(
+                user_id = %request.user_id,
+                reservation_id = %request.reservation_id,
+                "settlement of an unknown or already settled reservation ignored"
+            );
+        }
+        Ok(Response::new(SettleResponse {
+            settled: settled == 1,
+            quota: Some(self.state(used, &day)),
+        }))
+    }
+
+    async fn remaining(
+        &self,
+        request: Request<RemainingRequest>,
+    ) -> Result<Response<QuotaState>, Status> {
+        let request = request.into_inner();
+        validate_user_id(&request.user_id)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let day = self.today()?;
+        let mut connection = self.connection().await?;
+        let used: Option<i64> = self
+            .redis(
+                deadpool_redis::redis::cmd("GET")
+                    .arg(self.quota_key(&request.user_id, &day.date))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(Response::new(self.state(used.unwrap_or(0), &day)))
+    }
+}

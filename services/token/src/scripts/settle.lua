@@ -1,0 +1,15 @@
+-- Settle a reservation to the real usage, exactly once.
+-- KEYS[1] the reservation, KEYS[2] pending set, KEYS[3] today's quota counter.
+-- ARGV[1] actual tokens used (0 refunds the whole reservation).
+-- Returns {settled (0/1), today's used after}.
+local quota = redis.call('HGET', KEYS[1], 'quota')
+local settled = 0
+if quota then
+  local reserved = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], KEYS[1])
+  -- The counter of the day the reservation was made, which may be yesterday's.
+  redis.call('INCRBY', quota, tonumber(ARGV[1]) - reserved)
+  settled = 1
+end
+return {settled, tonumber(redis.call('GET', KEYS[3]) or '0')}

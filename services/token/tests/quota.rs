@@ -1,0 +1,153 @@
+//! The quota against a real Redis: arithmetic, exactly-once settlement, atomicity
+//! under concurrency, and the sweeper.
+
+use chat_common::testing::TestRedis;
+use chat_proto::token_service_server::TokenService;
+use chat_proto::{RemainingRequest, ReserveRequest, SettleRequest};
+use chat_token::{Quota, Settings};
+use tonic::Request;
+
+fn quota(redis: &TestRedis, daily_limit: i64) -> anyhow::Result<Quota> {
+    Quota::new(&Settings {
+        redis_addr: redis.addr.clone(),
+        redis_key_prefix: redis.prefix.clone(),
+        daily_limit,
+        reservation_ttl_secs: 1,
+        redis_timeout_ms: 2000,
+        ..Settings::default()
+    })
+}
+
+async fn reserve(quota: &Quota, user: &str, id: &str, tokens: i64) -> anyhow::Result<(bool, i64)> {
+    let answer = quota
+        .reserve(Request::new(ReserveRequest {
+            user_id: user.into(),
+            reservation_id: id.into(),
+            tokens,
+        }))
+        .await?
+        .into_inner();
+    Ok((answer.granted, answer.quota.map_or(-1, |q| q.remaining)))
+}
+
+async fn settle(quota: &Quota, user: &str, id: &str, actual: i64) -> anyhow::Result<(bool, i64)> {
+    let answer = quota
+        .settle(Request::new(SettleRequest {
+            user_id: user.into(),
+            reservation_id: id.into(),
+            actual_tokens: actual,
+        }))
+        .await?
+        .into_inner();
+    Ok((answer.settled, answer.quota.map_or(-1, |q| q.remaining)))
+}
+
+async fn remaining(quota: &Quota, user: &str) -> anyhow::Result<i64> {
+    Ok(quota
+        .remaining(Request::new(RemainingRequest { user_id: user.into() }))
+        .await?
+        .into_inner()
+        .remaining)
+}
+
+#[tokio::test]
+async fn reserve_then_settle_charges_the_real_usage() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    assert_eq!(reserve(&quota, "u1", "r1", 300).await?, (true, 700));
+    // Settling below the reservation refunds the difference...
+    assert_eq!(settle(&quota, "u1", "r1", 120).await?, (true, 880));
+    // ...and only once, however often it is retried.
+    assert_eq!(settle(&quota, "u1", "r1", 120).await?, (false, 880));
+    // Settling above the reservation charges more.
+    assert_eq!(reserve(&quota, "u1", "r2", 100).await?, (true, 780));
+    assert_eq!(settle(&quota, "u1", "r2", 150).await?, (true, 730));
+    // A refund is a settlement to zero.
+    assert_eq!(reserve(&quota, "u1", "r3", 500).await?, (true, 230));
+    assert_eq!(settle(&quota, "u1", "r3", 0).await?, (true, 730));
+    // Other users are untouched.
+    assert_eq!(remaining(&quota, "u2").await?, 1000);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replayed_reserve_takes_nothing_more() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    assert_eq!(reserve(&quota, "u1", "same", 400).await?, (true, 600));
+    assert_eq!(reserve(&quota, "u1", "same", 400).await?, (true, 600));
+    assert_eq!(settle(&quota, "u1", "same", 400).await?, (true, 600));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reservation_past_the_limit_is_refused_and_remaining_never_negative() -> anyhow::Result<()>
+{
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 500)?;
+    assert_eq!(reserve(&quota, "u1", "a", 400).await?, (true, 100));
+    assert_eq!(reserve(&quota, "u1", "b", 200).await?, (false, 100));
+    // The provider used more than reserved: the spending is real, the display stays at 0.
+    assert_eq!(settle(&quota, "u1", "a", 700).await?, (true, 0));
+    assert_eq!(remaining(&quota, "u1").await?, 0);
+    assert_eq!(reserve(&quota, "u1", "c", 1).await?, (false, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_reservations_never_overspend() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    let attempts = (0..50).map(|i| {
+        let quota = quota.clone();
+        async move { reserve(&quota, "u1", &format!("c{i}"), 70).await }
+    });
+    let results = futures::future::try_join_all(attempts).await?;
+    let granted = results.iter().filter(|(granted, _)| *granted).count();
+    assert_eq!(granted, 1000 / 70, "exactly as many as fit");
+    assert_eq!(remaining(&quota, "u1").await?, 1000 - 70 * granted as i64);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sweeper_refunds_abandoned_reservations() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    assert_eq!(reserve(&quota, "u1", "lost", 300).await?, (true, 700));
+    assert_eq!(reserve(&quota, "u1", "kept", 100).await?, (true, 600));
+    assert_eq!(settle(&quota, "u1", "kept", 50).await?, (true, 650));
+    // The reservation deadline is one second; wait past it.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(quota.sweep().await?, 1);
+    assert_eq!(remaining(&quota, "u1").await?, 950);
+    // A settlement arriving after the sweep changes nothing.
+    assert_eq!(settle(&quota, "u1", "lost", 300).await?, (false, 950));
+    assert_eq!(quota.sweep().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    for (user, id, tokens) in [("", "r", 1), ("u1", "", 1), ("u 1", "r", 1), ("u1", "r", 0)] {
+        let status = reserve(&quota, user, id, tokens).await.err();
+        let code = status
+            .and_then(|error| error.downcast::<tonic::Status>().ok())
+            .map(|status| status.code());
+        assert_eq!(code, Some(tonic::Code::InvalidArgument), "{user:?} {id:?} {tokens}");
+    }
+    Ok(())
+}
+
+#[test]
+fn an_unknown_time_zone_stops_the_service() {
+    let error = Quota::new(&Settings {
+        quota_timezone: "Mars/Olympus".into(),
+        ..Settings::default()
+    })
+    .err()
+    .map(|error| error.to_string())
+    .unwrap_or_default();
+    assert!(error.contains("QUOTA_TIMEZONE"), "{error}");
+}
