@@ -25,7 +25,8 @@ pub fn redis_addr() -> String {
 }
 
 pub fn mysql_server_url() -> String {
-    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://chat:chat@127.0.0.1:3306".to_owned())
+    std::env::var("TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://chat:chat@127.0.0.1:3306".to_owned())
 }
 
 /// Runs an async clean-up from `Drop`, on a thread of its own so it works whether or
@@ -58,7 +59,9 @@ impl TestRedis {
         let addr = redis_addr();
         let pool = crate::redis::pool(&addr, 1, Duration::from_secs(2))?;
         let mut connection = pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot reach the test Redis at {addr} ({error}); run `deploy/dev/deps.sh up`")
+            anyhow::anyhow!(
+                "cannot reach the test Redis at {addr} ({error}); run `deploy/dev/deps.sh up`"
+            )
         })?;
         let _: String = deadpool_redis::redis::cmd("PING")
             .query_async(&mut connection)
@@ -105,7 +108,9 @@ impl TestDatabase {
         let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
         let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&server)?);
         let mut connection = pool.get_conn().await.map_err(|error| {
-            anyhow::anyhow!("cannot reach the test MySQL server ({error}); run `deploy/dev/deps.sh up`")
+            anyhow::anyhow!(
+                "cannot reach the test MySQL server ({error}); run `deploy/dev/deps.sh up`"
+            )
         })?;
         connection
             .query_drop(format!(
@@ -231,7 +236,11 @@ async fn chat_completions(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("Bearer ") && value.len() > 7);
     if !authorized {
-        let body = error_body("missing api key", "invalid_request_error", "invalid_api_key");
+        let body = error_body(
+            "missing api key",
+            "invalid_request_error",
+            "invalid_api_key",
+        );
         return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
     }
     lock(&state.requests).push(body.clone());

@@ -54,6 +54,9 @@ mod tests {
         let english = count("Hello world from Rust, the quick brown fox jumps over the lazy dog.");
         assert!((10..20).contains(&english), "{english}");
         assert!(count("你好，世界") >= 2);
-        assert_eq!(count_prompt(["hello"]), 1 + PER_MESSAGE_OVERHEAD + REPLY_PRIMING);
+        assert_eq!(
+            count_prompt(["hello"]),
+            1 + PER_MESSAGE_OVERHEAD + REPLY_PRIMING
+        );
     }
 }

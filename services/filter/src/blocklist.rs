@@ -41,8 +41,9 @@ impl Blocklist {
                 let entry = &self.entries[found.pattern().as_usize()];
                 let starts_word = entry.chars().next().is_some_and(is_word_char);
                 let ends_word = entry.chars().next_back().is_some_and(is_word_char);
-                !(starts_word && before.is_some_and(is_word_char))
-                    && !(ends_word && after.is_some_and(is_word_char))
+                let glued_before = starts_word && before.is_some_and(is_word_char);
+                let glued_after = ends_word && after.is_some_and(is_word_char);
+                !glued_before && !glued_after
             })
             .map(|found| self.entries[found.pattern().as_usize()].as_str())
     }
@@ -80,7 +81,12 @@ mod tests {
     use super::*;
 
     fn list(words: &[&str]) -> anyhow::Result<Blocklist> {
-        Blocklist::new(&words.iter().map(|word| (*word).to_owned()).collect::<Vec<_>>())
+        Blocklist::new(
+            &words
+                .iter()
+                .map(|word| (*word).to_owned())
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]

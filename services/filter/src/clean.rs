@@ -54,9 +54,15 @@ mod tests {
 
     #[test]
     fn collapses_spaces_and_keeps_paragraphs() {
-        assert_eq!(clean("  Hello   world \t from   Go!  "), "Hello world from Go!");
+        assert_eq!(
+            clean("  Hello   world \t from   Go!  "),
+            "Hello world from Go!"
+        );
         assert_eq!(clean("line one  \n  line two"), "line one\nline two");
-        assert_eq!(clean("para one\n\n\n\npara two\r\n"), "para one\n\npara two");
+        assert_eq!(
+            clean("para one\n\n\n\npara two\r\n"),
+            "para one\n\npara two"
+        );
         assert_eq!(clean(" \n\t "), "");
     }
 
@@ -70,6 +76,9 @@ mod tests {
 
     #[test]
     fn keeps_chinese_and_emoji_intact() {
-        assert_eq!(clean("你好，  世界 👩\u{200D}💻"), "你好, 世界 👩\u{200D}💻");
+        assert_eq!(
+            clean("你好，  世界 👩\u{200D}💻"),
+            "你好, 世界 👩\u{200D}💻"
+        );
     }
 }

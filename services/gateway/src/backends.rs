@@ -10,7 +10,8 @@ use chat_proto::llm_service_client::LlmServiceClient;
 use chat_proto::token_service_client::TokenServiceClient;
 use chat_proto::{
     CompleteRequest, CompleteResponse, FilterRequest, FilterResponse, ListRequest, NewMessage,
-    QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SaveRequest, SettleRequest, SettleResponse, StoredMessage,
+    QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SaveRequest, SettleRequest,
+    SettleResponse, StoredMessage,
 };
 use tonic::Status;
 use tonic::transport::Channel;
@@ -48,7 +49,11 @@ impl Backends {
     pub async fn filter(&self, text: String) -> Result<FilterResponse, Status> {
         let deadline = self.filter_deadline;
         let mut client = self.filter.clone();
-        call(deadline, client.filter(request(FilterRequest { text }, deadline))).await
+        call(
+            deadline,
+            client.filter(request(FilterRequest { text }, deadline)),
+        )
+        .await
     }
 
     pub async fn reserve(&self, message: ReserveRequest) -> Result<ReserveResponse, Status> {
@@ -85,7 +90,9 @@ impl Backends {
             user_id: user_id.to_owned(),
             messages,
         };
-        Ok(call(deadline, client.save(request(message, deadline))).await?.ids)
+        Ok(call(deadline, client.save(request(message, deadline)))
+            .await?
+            .ids)
     }
 
     pub async fn history(&self, user_id: &str, limit: u32) -> Result<Vec<StoredMessage>, Status> {
@@ -95,6 +102,8 @@ impl Backends {
             user_id: user_id.to_owned(),
             limit,
         };
-        Ok(call(deadline, client.list(request(message, deadline))).await?.messages)
+        Ok(call(deadline, client.list(request(message, deadline)))
+            .await?
+            .messages)
     }
 }

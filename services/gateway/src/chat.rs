@@ -94,10 +94,13 @@ pub async fn chat(
         return Err(ApiError::InvalidText("text is empty".to_owned()));
     }
 
-    let verdict = backends.filter(text).await.map_err(|status| match status.code() {
-        Code::InvalidArgument => ApiError::InvalidText(status.message().to_owned()),
-        _ => ApiError::dependency("filter", status),
-    })?;
+    let verdict = backends
+        .filter(text)
+        .await
+        .map_err(|status| match status.code() {
+            Code::InvalidArgument => ApiError::InvalidText(status.message().to_owned()),
+            _ => ApiError::dependency("filter", status),
+        })?;
     if verdict.blocked {
         return Err(ApiError::Blocked(verdict.reason));
     }
@@ -114,7 +117,8 @@ pub async fn chat(
     let messages = prompt(policy, &earlier, &cleaned);
     let prompt_tokens =
         tokens::count_prompt(messages.iter().map(|message| message.content.as_str())) as i64;
-    let estimate = (prompt_tokens + i64::from(policy.max_output_tokens)).max(policy.min_reservation);
+    let estimate =
+        (prompt_tokens + i64::from(policy.max_output_tokens)).max(policy.min_reservation);
 
     let reservation_id = uuid::Uuid::new_v4().simple().to_string();
     let reserved = backends
@@ -162,7 +166,10 @@ fn prompt(policy: &Policy, earlier: &[StoredMessage], cleaned: &str) -> Vec<Chat
         });
     }
     // A conversation the model sees should open with the user, not a dangling reply.
-    while kept.last().is_some_and(|message| message.role() == Role::Assistant) {
+    while kept
+        .last()
+        .is_some_and(|message| message.role() == Role::Assistant)
+    {
         kept.pop();
     }
     let system = (!policy.system_prompt.is_empty()).then(|| ChatMessage {
@@ -314,7 +321,14 @@ mod tests {
         let contents: Vec<&str> = all.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(
             contents,
-            ["be brief", "one two three four five six seven eight", "first reply", "second question", "second reply", "now"]
+            [
+                "be brief",
+                "one two three four five six seven eight",
+                "first reply",
+                "second question",
+                "second reply",
+                "now"
+            ]
         );
         assert_eq!(all[0].role(), Role::System);
 

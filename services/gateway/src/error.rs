@@ -36,7 +36,10 @@ pub enum ApiError {
     InsufficientQuota(String),
     /// A service failed or did not answer in time.
     #[error("{service} failed")]
-    Dependency { service: &'static str, status: Status },
+    Dependency {
+        service: &'static str,
+        status: Status,
+    },
 }
 
 impl ApiError {
@@ -56,7 +59,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         let code = match self {
-            Self::BadJson(_) | Self::InvalidUserId(_) | Self::InvalidText(_) => ErrorCode::BadRequest,
+            Self::BadJson(_) | Self::InvalidUserId(_) | Self::InvalidText(_) => {
+                ErrorCode::BadRequest
+            }
             Self::PayloadTooLarge(_) => return StatusCode::PAYLOAD_TOO_LARGE,
             Self::Blocked(_) => ErrorCode::Blocked,
             Self::RateLimited(_) | Self::ProviderRateLimited(_) => ErrorCode::RateLimited,
@@ -79,11 +84,12 @@ impl ApiError {
             | Self::Blocked(detail)
             | Self::ProviderRateLimited(detail)
             | Self::InsufficientQuota(detail) => detail.clone(),
-            Self::PayloadTooLarge(limit) => format!("the request body is larger than {limit} bytes"),
-            Self::RateLimited(wait) => format!(
-                "too many requests; retry in {} s",
-                retry_after_secs(*wait)
-            ),
+            Self::PayloadTooLarge(limit) => {
+                format!("the request body is larger than {limit} bytes")
+            }
+            Self::RateLimited(wait) => {
+                format!("too many requests; retry in {} s", retry_after_secs(*wait))
+            }
             Self::QuotaExceeded(quota) => format!(
                 "the daily token quota is spent ({} of {} left); it resets in {} s",
                 quota.remaining, quota.limit, quota.reset_after_seconds
@@ -162,7 +168,13 @@ mod tests {
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
         }
-        assert_eq!(ApiError::RateLimited(Duration::from_millis(1500)).retry_after(), Some(2));
-        assert_eq!(ApiError::dependency("llm", Status::internal("x")).to_string(), "llm failed");
+        assert_eq!(
+            ApiError::RateLimited(Duration::from_millis(1500)).retry_after(),
+            Some(2)
+        );
+        assert_eq!(
+            ApiError::dependency("llm", Status::internal("x")).to_string(),
+            "llm failed"
+        );
     }
 }

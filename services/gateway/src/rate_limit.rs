@@ -45,7 +45,10 @@ mod tests {
             assert_eq!(limiter.check(), Ok(()));
         }
         let wait = limiter.check().err().unwrap_or_default();
-        assert!(wait > Duration::from_secs(10) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(10) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(Limiter::per_minute(0, 0).is_none());
     }
 }

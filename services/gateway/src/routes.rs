@@ -152,11 +152,7 @@ async fn index() -> Html<&'static str> {
 /// Unknown paths serve the UI (client-side routes); other methods get a JSON 404.
 async fn fallback(method: Method) -> Response {
     if method == Method::GET || method == Method::HEAD {
-        return (
-            [(header::CACHE_CONTROL, "no-cache")],
-            Html(INDEX_HTML),
-        )
-            .into_response();
+        return ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX_HTML)).into_response();
     }
     (
         StatusCode::NOT_FOUND,

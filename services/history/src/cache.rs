@@ -62,7 +62,11 @@ impl Cache {
     }
 
     /// The newest `limit` messages, newest first, or `None` on a miss.
-    pub async fn recent(&self, user_id: &str, limit: u32) -> anyhow::Result<Option<Vec<CachedMessage>>> {
+    pub async fn recent(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> anyhow::Result<Option<Vec<CachedMessage>>> {
         let (list, _) = self.keys(user_id);
         let raw: Vec<String> = self
             .run(async |connection| {
@@ -88,7 +92,12 @@ impl Cache {
     pub async fn version(&self, user_id: &str) -> anyhow::Result<String> {
         let (_, version) = self.keys(user_id);
         let current: Option<String> = self
-            .run(async |connection| redis::cmd("GET").arg(&version).query_async(connection).await)
+            .run(async |connection| {
+                redis::cmd("GET")
+                    .arg(&version)
+                    .query_async(connection)
+                    .await
+            })
             .await?;
         Ok(current.unwrap_or_else(|| "0".to_owned()))
     }
@@ -106,7 +115,11 @@ impl Cache {
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()?;
         let mut invocation = REFILL.key(list);
-        invocation.key(version_key).arg(version).arg(self.ttl_secs).arg(items);
+        invocation
+            .key(version_key)
+            .arg(version)
+            .arg(self.ttl_secs)
+            .arg(items);
         let stored: i64 = self
             .run(async |connection| invocation.invoke_async(connection).await)
             .await?;
@@ -114,7 +127,11 @@ impl Cache {
     }
 
     /// Records saved messages (oldest first) after their MySQL commit.
-    pub async fn append(&self, user_id: &str, oldest_first: &[CachedMessage]) -> anyhow::Result<()> {
+    pub async fn append(
+        &self,
+        user_id: &str,
+        oldest_first: &[CachedMessage],
+    ) -> anyhow::Result<()> {
         let (list, version_key) = self.keys(user_id);
         let items = oldest_first
             .iter()

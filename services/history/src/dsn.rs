@@ -4,13 +4,14 @@ use mysql_async::{Opts, OptsBuilder};
 /// (`user:pass@tcp(host:port)/db?params`, params ignored), with every session in
 /// utf8mb4 and UTC so timestamps and text round-trip exactly.
 pub fn mysql_opts(dsn: &str) -> anyhow::Result<Opts> {
-    let base = if dsn.starts_with("mysql://") {
-        OptsBuilder::from_opts(Opts::from_url(dsn).map_err(|error| {
-            anyhow::anyhow!("MYSQL_DSN is not a valid mysql:// URL: {error}")
-        })?)
-    } else {
-        go_dsn(dsn)?
-    };
+    let base =
+        if dsn.starts_with("mysql://") {
+            OptsBuilder::from_opts(Opts::from_url(dsn).map_err(|error| {
+                anyhow::anyhow!("MYSQL_DSN is not a valid mysql:// URL: {error}")
+            })?)
+        } else {
+            go_dsn(dsn)?
+        };
     Ok(base
         .init(vec![
             "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci",
@@ -26,9 +27,7 @@ fn go_dsn(dsn: &str) -> anyhow::Result<OptsBuilder> {
         )
     };
     let (credentials, rest) = dsn.rsplit_once('@').ok_or_else(bad)?;
-    let (user, password) = credentials
-        .split_once(':')
-        .unwrap_or((credentials, ""));
+    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
     let rest = rest.strip_prefix("tcp(").ok_or_else(bad)?;
     let (address, rest) = rest.split_once(')').ok_or_else(bad)?;
     let database = rest
@@ -55,7 +54,9 @@ mod tests {
 
     #[test]
     fn reads_the_original_go_dsn() -> anyhow::Result<()> {
-        let opts = mysql_opts("root:s3cret@tcp(db.local:3307)/chatdb?parseTime=true&charset=utf8mb4,utf8")?;
+        let opts = mysql_opts(
+            "root:s3cret@tcp(db.local:3307)/chatdb?parseTime=true&charset=utf8mb4,utf8",
+        )?;
         assert_eq!(opts.ip_or_hostname(), "db.local");
         assert_eq!(opts.tcp_port(), 3307);
         assert_eq!(opts.user(), Some("root"));

@@ -36,7 +36,10 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<usize> {
     let locked: Option<i64> = connection
         .exec_first("SELECT GET_LOCK(?, 60)", (LOCK,))
         .await?;
-    anyhow::ensure!(locked == Some(1), "could not take the migration lock in 60 s");
+    anyhow::ensure!(
+        locked == Some(1),
+        "could not take the migration lock in 60 s"
+    );
     let applied = apply_pending(&mut connection).await;
     let _: Option<i64> = connection
         .exec_first("SELECT RELEASE_LOCK(?)", (LOCK,))
@@ -61,7 +64,11 @@ async fn apply_pending(connection: &mut Conn) -> anyhow::Result<usize> {
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
         for statement in statements(migration.sql) {
             connection.query_drop(statement).await.map_err(|error| {
-                anyhow::anyhow!("migration {} ({}) failed: {error}", migration.version, migration.name)
+                anyhow::anyhow!(
+                    "migration {} ({}) failed: {error}",
+                    migration.version,
+                    migration.name
+                )
             })?;
         }
         for (table, index, columns) in migration.indexes {
@@ -84,7 +91,11 @@ async fn apply_pending(connection: &mut Conn) -> anyhow::Result<usize> {
                 (migration.version, migration.name),
             )
             .await?;
-        tracing::info!(version = migration.version, name = migration.name, "migration applied");
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "migration applied"
+        );
         ran += 1;
     }
     Ok(ran)
@@ -121,7 +132,14 @@ mod tests {
     fn every_migration_splits_into_statements() {
         assert_eq!(statements(MIGRATIONS[0].sql).len(), 1);
         assert_eq!(statements(MIGRATIONS[1].sql).len(), 2);
-        assert!(MIGRATIONS.windows(2).all(|pair| pair[0].version < pair[1].version));
-        assert_eq!(statements("-- c\nSELECT 1;\nSELECT\n 2;"), ["SELECT 1", "SELECT\n 2"]);
+        assert!(
+            MIGRATIONS
+                .windows(2)
+                .all(|pair| pair[0].version < pair[1].version)
+        );
+        assert_eq!(
+            statements("-- c\nSELECT 1;\nSELECT\n 2;"),
+            ["SELECT 1", "SELECT\n 2"]
+        );
     }
 }

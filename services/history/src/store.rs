@@ -72,11 +72,17 @@ impl History {
         match tokio::time::timeout(self.inner.timeout, self.inner.mysql.get_conn()).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(store_error(error)),
-            Err(_) => Err(Status::unavailable("history store: no MySQL connection in time")),
+            Err(_) => Err(Status::unavailable(
+                "history store: no MySQL connection in time",
+            )),
         }
     }
 
-    async fn insert(&self, user_id: &str, messages: &[(Role, String)]) -> Result<Vec<CachedMessage>, Status> {
+    async fn insert(
+        &self,
+        user_id: &str,
+        messages: &[(Role, String)],
+    ) -> Result<Vec<CachedMessage>, Status> {
         let now_ms = unix_now_ms();
         let placeholders = vec!["(?, ?, ?, FROM_UNIXTIME(? / 1000))"; messages.len()].join(", ");
         let sql = format!(
@@ -111,7 +117,11 @@ impl History {
             .collect())
     }
 
-    async fn newest_from_mysql(&self, user_id: &str, limit: u32) -> Result<Vec<CachedMessage>, Status> {
+    async fn newest_from_mysql(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> Result<Vec<CachedMessage>, Status> {
         let mut connection = self.mysql().await?;
         let rows: Vec<(i64, String, String, i64)> = tokio::time::timeout(
             self.inner.timeout,
@@ -136,7 +146,11 @@ impl History {
     }
 
     /// The newest `limit` messages, newest first, and whether they came from the cache.
-    async fn newest(&self, user_id: &str, limit: u32) -> Result<(Vec<CachedMessage>, bool), Status> {
+    async fn newest(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> Result<(Vec<CachedMessage>, bool), Status> {
         let cache = &self.inner.cache;
         if limit > cache.size() {
             return Ok((self.newest_from_mysql(user_id, limit).await?, false));
@@ -161,7 +175,8 @@ impl History {
 impl HistoryService for History {
     async fn save(&self, request: Request<SaveRequest>) -> Result<Response<SaveResponse>, Status> {
         let request = request.into_inner();
-        validate_user_id(&request.user_id).map_err(|error| Status::invalid_argument(error.to_string()))?;
+        validate_user_id(&request.user_id)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         if request.messages.is_empty() || request.messages.len() > MAX_SAVE {
             return Err(Status::invalid_argument(format!(
                 "a save carries 1 to {MAX_SAVE} messages"
@@ -172,7 +187,9 @@ impl HistoryService for History {
             .iter()
             .map(|message| match message.role() {
                 role @ (Role::User | Role::Assistant) => Ok((role, message.text.clone())),
-                _ => Err(Status::invalid_argument("only user and assistant messages are kept")),
+                _ => Err(Status::invalid_argument(
+                    "only user and assistant messages are kept",
+                )),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let saved = self.insert(&request.user_id, &messages).await?;
@@ -187,7 +204,8 @@ impl HistoryService for History {
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let request = request.into_inner();
-        validate_user_id(&request.user_id).map_err(|error| Status::invalid_argument(error.to_string()))?;
+        validate_user_id(&request.user_id)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let limit = match request.limit {
             0 => self.inner.default_limit,
             limit => limit.min(self.inner.max_limit),
@@ -203,7 +221,10 @@ impl HistoryService for History {
                 created_at_unix_ms: message.created_at_unix_ms,
             })
             .collect();
-        Ok(Response::new(ListResponse { messages, from_cache }))
+        Ok(Response::new(ListResponse {
+            messages,
+            from_cache,
+        }))
     }
 }
 

@@ -53,19 +53,38 @@ fn texts(response: &ListResponse) -> Vec<&str> {
 async fn lists_oldest_first_from_mysql_and_from_the_cache_alike() -> anyhow::Result<()> {
     let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
     let history = History::connect(&settings(&db, &redis)).await?;
-    save(&history, "u1", &[(Role::User, "你好，世界 🌏"), (Role::Assistant, "你好！👋")]).await?;
-    save(&history, "u1", &[(Role::User, "second"), (Role::Assistant, "reply two")]).await?;
+    save(
+        &history,
+        "u1",
+        &[(Role::User, "你好，世界 🌏"), (Role::Assistant, "你好！👋")],
+    )
+    .await?;
+    save(
+        &history,
+        "u1",
+        &[(Role::User, "second"), (Role::Assistant, "reply two")],
+    )
+    .await?;
     save(&history, "u2", &[(Role::User, "someone else")]).await?;
 
     let cold = list(&history, "u1", 0).await?;
     assert!(!cold.from_cache);
-    assert_eq!(texts(&cold), ["你好，世界 🌏", "你好！👋", "second", "reply two"]);
+    assert_eq!(
+        texts(&cold),
+        ["你好，世界 🌏", "你好！👋", "second", "reply two"]
+    );
     let roles: Vec<Role> = cold.messages.iter().map(|m| m.role()).collect();
-    assert_eq!(roles, [Role::User, Role::Assistant, Role::User, Role::Assistant]);
+    assert_eq!(
+        roles,
+        [Role::User, Role::Assistant, Role::User, Role::Assistant]
+    );
 
     let warm = list(&history, "u1", 0).await?;
     assert!(warm.from_cache);
-    assert_eq!(warm.messages, cold.messages, "cache and database agree to the millisecond");
+    assert_eq!(
+        warm.messages, cold.messages,
+        "cache and database agree to the millisecond"
+    );
 
     // A save after the cache was filled shows up in the cached answer.
     save(&history, "u1", &[(Role::User, "third")]).await?;
@@ -88,7 +107,10 @@ async fn the_cache_keeps_the_newest_forty_in_step_with_mysql() -> anyhow::Result
     let cached = list(&history, "u1", 40).await?;
     assert!(cached.from_cache);
     let from_mysql = list(&history, "u1", 41).await?;
-    assert!(!from_mysql.from_cache, "more than the cache holds reads MySQL");
+    assert!(
+        !from_mysql.from_cache,
+        "more than the cache holds reads MySQL"
+    );
     assert_eq!(cached.messages[..], from_mysql.messages[1..]);
     assert_eq!(texts(&cached).first(), Some(&"m10"));
     assert_eq!(texts(&cached).last(), Some(&"m49"));
@@ -113,12 +135,21 @@ async fn migrations_are_idempotent_and_upgrade_the_original_table() -> anyhow::R
         )
         .await?;
     connection
-        .query_drop("INSERT INTO chat_history (user_id, role, text) VALUES ('u1', 'user', 'old message')")
+        .query_drop(
+            "INSERT INTO chat_history (user_id, role, text) VALUES ('u1', 'user', 'old message')",
+        )
         .await?;
     let history = History::connect(&settings(&db, &redis)).await?;
-    assert_eq!(chat_history::migrate(&pool).await?, 0, "second run does nothing");
+    assert_eq!(
+        chat_history::migrate(&pool).await?,
+        0,
+        "second run does nothing"
+    );
     save(&history, "u1", &[(Role::User, "新消息 🚀")]).await?;
-    assert_eq!(texts(&list(&history, "u1", 0).await?), ["old message", "新消息 🚀"]);
+    assert_eq!(
+        texts(&list(&history, "u1", 0).await?),
+        ["old message", "新消息 🚀"]
+    );
     let charset: Option<String> = connection
         .query_first(
             "SELECT character_set_name FROM information_schema.columns
@@ -141,11 +172,23 @@ async fn bad_requests_are_invalid_arguments() -> anyhow::Result<()> {
             .and_then(|error| error.downcast::<tonic::Status>().ok())
             .map(|status| status.code())
     };
-    assert_eq!(code(save(&history, "bad user", &[(Role::User, "x")]).await), Some(tonic::Code::InvalidArgument));
-    assert_eq!(code(save(&history, "u1", &[]).await), Some(tonic::Code::InvalidArgument));
-    assert_eq!(code(save(&history, "u1", &[(Role::System, "x")]).await), Some(tonic::Code::InvalidArgument));
+    assert_eq!(
+        code(save(&history, "bad user", &[(Role::User, "x")]).await),
+        Some(tonic::Code::InvalidArgument)
+    );
+    assert_eq!(
+        code(save(&history, "u1", &[]).await),
+        Some(tonic::Code::InvalidArgument)
+    );
+    assert_eq!(
+        code(save(&history, "u1", &[(Role::System, "x")]).await),
+        Some(tonic::Code::InvalidArgument)
+    );
     let listed = list(&history, &"x".repeat(65), 0).await.err();
     let listed = listed.and_then(|error| error.downcast::<tonic::Status>().ok());
-    assert_eq!(listed.map(|status| status.code()), Some(tonic::Code::InvalidArgument));
+    assert_eq!(
+        listed.map(|status| status.code()),
+        Some(tonic::Code::InvalidArgument)
+    );
     Ok(())
 }

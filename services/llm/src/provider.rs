@@ -39,7 +39,7 @@ pub struct Llm {
 
 enum Provider {
     OpenAi {
-        client: Client<OpenAIConfig>,
+        client: Box<Client<OpenAIConfig>>,
         /// Kept to scrub it from any error text we pass on.
         api_key: SecretString,
     },
@@ -71,11 +71,13 @@ impl Llm {
                 // retries (three, on 429 and 5xx) would multiply it and ignore the deadline.
                 let transport = ReqwestService::new(reqwest::Client::new());
                 Provider::OpenAi {
-                    client: Client::with_config(config).with_http_service(transport),
+                    client: Box::new(Client::with_config(config).with_http_service(transport)),
                     api_key,
                 }
             }
-            ("openai", None) => anyhow::bail!("LLM_PROVIDER is openai but OPENAI_API_KEY is not set"),
+            ("openai", None) => {
+                anyhow::bail!("LLM_PROVIDER is openai but OPENAI_API_KEY is not set")
+            }
             (other, _) => anyhow::bail!("LLM_PROVIDER must be auto, openai or mock, not {other:?}"),
         };
         let llm = Self {
@@ -173,7 +175,10 @@ impl Llm {
              with {earlier} earlier message(s) in context. You said: {said}"
         );
         let prompt_tokens = tokens::count_prompt(
-            request.messages.iter().map(|message| message.content.as_str()),
+            request
+                .messages
+                .iter()
+                .map(|message| message.content.as_str()),
         ) as i64;
         let completion_tokens = tokens::count(&reply) as i64;
         CompleteResponse {
@@ -246,7 +251,10 @@ fn to_openai(message: &ChatMessage) -> ChatCompletionRequestMessage {
     }
 }
 
-fn from_openai(answer: CreateChatCompletionResponse, request: &CompleteRequest) -> CompleteResponse {
+fn from_openai(
+    answer: CreateChatCompletionResponse,
+    request: &CompleteRequest,
+) -> CompleteResponse {
     let reply = answer
         .choices
         .into_iter()
@@ -263,7 +271,10 @@ fn from_openai(answer: CreateChatCompletionResponse, request: &CompleteRequest) 
         // charge nothing.
         None => {
             let prompt_tokens = tokens::count_prompt(
-                request.messages.iter().map(|message| message.content.as_str()),
+                request
+                    .messages
+                    .iter()
+                    .map(|message| message.content.as_str()),
             ) as i64;
             let completion_tokens = tokens::count(&reply) as i64;
             Usage {
@@ -287,7 +298,10 @@ fn classify(error: OpenAIError) -> Failure {
             let no_credit = api.code.as_deref() == Some("insufficient_quota")
                 || api.r#type.as_deref() == Some("insufficient_quota");
             let status = response.status_code.as_u16();
-            let detail = format!("{status} {}", api.message.chars().take(300).collect::<String>());
+            let detail = format!(
+                "{status} {}",
+                api.message.chars().take(300).collect::<String>()
+            );
             if no_credit {
                 Failure::InsufficientQuota(detail)
             } else if matches!(status, 429 | 502 | 503 | 504) {
@@ -330,7 +344,10 @@ mod tests {
             let step = base * (1 << retry);
             for _ in 0..20 {
                 let pause = backoff(base, retry);
-                assert!(pause >= step / 2 && pause <= step, "{pause:?} for retry {retry}");
+                assert!(
+                    pause >= step / 2 && pause <= step,
+                    "{pause:?} for retry {retry}"
+                );
             }
         }
     }

@@ -50,7 +50,10 @@ async fn a_completion_carries_the_whole_conversation_and_the_real_usage() -> any
     assert_eq!(answer.model, "gpt-test");
     let usage = answer.usage.unwrap_or_default();
     assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
-    assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+    assert_eq!(
+        usage.total_tokens,
+        usage.prompt_tokens + usage.completion_tokens
+    );
     let requests = fake.requests();
     assert_eq!(requests.len(), 1);
     let sent = &requests[0];
@@ -82,7 +85,10 @@ async fn a_rate_limit_that_persists_is_resource_exhausted() -> anyhow::Result<()
     let fake = FakeOpenAi::start().await?;
     fake.always(Upstream::RateLimited);
     let status = complete(&llm(&fake)?, Duration::from_secs(5)).await.err();
-    assert_eq!(status.map(|status| status.code()), Some(Code::ResourceExhausted));
+    assert_eq!(
+        status.map(|status| status.code()),
+        Some(Code::ResourceExhausted)
+    );
     // One call and the configured four retries.
     assert_eq!(fake.requests().len(), 5);
     Ok(())
@@ -93,7 +99,10 @@ async fn an_account_without_credit_is_failed_precondition_and_not_retried() -> a
     let fake = FakeOpenAi::start().await?;
     fake.always(Upstream::InsufficientQuota);
     let status = complete(&llm(&fake)?, Duration::from_secs(5)).await.err();
-    assert_eq!(status.map(|status| status.code()), Some(Code::FailedPrecondition));
+    assert_eq!(
+        status.map(|status| status.code()),
+        Some(Code::FailedPrecondition)
+    );
     assert_eq!(fake.requests().len(), 1);
     Ok(())
 }
@@ -106,7 +115,11 @@ async fn a_server_error_is_internal_without_the_key() -> anyhow::Result<()> {
     let status = status.ok_or_else(|| anyhow::anyhow!("expected an error"))?;
     assert_eq!(status.code(), Code::Internal);
     assert!(status.message().contains("500"), "{}", status.message());
-    assert!(!status.message().contains("sk-test-key"), "{}", status.message());
+    assert!(
+        !status.message().contains("sk-test-key"),
+        "{}",
+        status.message()
+    );
     Ok(())
 }
 
@@ -114,8 +127,13 @@ async fn a_server_error_is_internal_without_the_key() -> anyhow::Result<()> {
 async fn a_slow_provider_runs_into_the_deadline() -> anyhow::Result<()> {
     let fake = FakeOpenAi::start().await?;
     fake.always(Upstream::Slow(Duration::from_secs(5)));
-    let status = complete(&llm(&fake)?, Duration::from_millis(300)).await.err();
-    assert_eq!(status.map(|status| status.code()), Some(Code::DeadlineExceeded));
+    let status = complete(&llm(&fake)?, Duration::from_millis(300))
+        .await
+        .err();
+    assert_eq!(
+        status.map(|status| status.code()),
+        Some(Code::DeadlineExceeded)
+    );
     Ok(())
 }
 
@@ -125,8 +143,16 @@ async fn without_a_key_the_mock_answers_and_says_so() -> anyhow::Result<()> {
     assert_eq!(llm.kind(), ProviderKind::Mock);
     let answer = complete(&llm, Duration::from_secs(1)).await?;
     assert!(answer.reply.contains("mock"), "{}", answer.reply);
-    assert!(answer.reply.contains("what is my name?"), "{}", answer.reply);
-    assert_eq!(answer, complete(&llm, Duration::from_secs(1)).await?, "deterministic");
+    assert!(
+        answer.reply.contains("what is my name?"),
+        "{}",
+        answer.reply
+    );
+    assert_eq!(
+        answer,
+        complete(&llm, Duration::from_secs(1)).await?,
+        "deterministic"
+    );
     assert!(answer.usage.is_some_and(|usage| usage.total_tokens > 0));
     Ok(())
 }

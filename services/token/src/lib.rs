@@ -74,9 +74,11 @@ pub async fn run(
         timezone = %settings.quota_timezone,
         "token service ready"
     );
-    let sweeper = tokio::spawn(quota.clone().sweep_forever(std::time::Duration::from_millis(
-        settings.sweep_interval_ms,
-    )));
+    let sweeper = tokio::spawn(
+        quota
+            .clone()
+            .sweep_forever(std::time::Duration::from_millis(settings.sweep_interval_ms)),
+    );
     let (reporter, health) = chat_common::grpc::health();
     reporter.set_serving::<TokenServiceServer<Quota>>().await;
     let router = tonic::transport::Server::builder()

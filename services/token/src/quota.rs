@@ -6,15 +6,16 @@ use chat_proto::token_service_server::TokenService;
 use chat_proto::{
     QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SettleRequest, SettleResponse,
 };
-use redis::Script;
 use deadpool_redis::{Connection, Pool};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use redis::Script;
 use tonic::{Request, Response, Status};
 
 use crate::Settings;
 
-static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
+static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/sweep.lua")));
 
@@ -51,7 +52,10 @@ impl Quota {
                 settings.quota_timezone
             )
         })?;
-        anyhow::ensure!(settings.daily_limit >= 0, "DAILY_LIMIT must not be negative");
+        anyhow::ensure!(
+            settings.daily_limit >= 0,
+            "DAILY_LIMIT must not be negative"
+        );
         anyhow::ensure!(
             settings.reservation_ttl_secs > 0,
             "RESERVATION_TTL_SECS must be positive"
@@ -90,7 +94,10 @@ impl Quota {
     }
 
     fn reservation_key(&self, user_id: &str, reservation_id: &str) -> String {
-        format!("{}reservation:{user_id}:{reservation_id}", self.inner.prefix)
+        format!(
+            "{}reservation:{user_id}:{reservation_id}",
+            self.inner.prefix
+        )
     }
 
     fn pending_key(&self) -> String {
@@ -211,7 +218,9 @@ impl TokenService for Quota {
         let request = request.into_inner();
         check_ids(&request.user_id, &request.reservation_id)?;
         if request.actual_tokens < 0 {
-            return Err(Status::invalid_argument("actual_tokens must not be negative"));
+            return Err(Status::invalid_argument(
+                "actual_tokens must not be negative",
+            ));
         }
         let day = self.today()?;
         let mut connection = self.connection().await?;

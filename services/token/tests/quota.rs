@@ -44,7 +44,9 @@ async fn settle(quota: &Quota, user: &str, id: &str, actual: i64) -> anyhow::Res
 
 async fn remaining(quota: &Quota, user: &str) -> anyhow::Result<i64> {
     Ok(quota
-        .remaining(Request::new(RemainingRequest { user_id: user.into() }))
+        .remaining(Request::new(RemainingRequest {
+            user_id: user.into(),
+        }))
         .await?
         .into_inner()
         .remaining)
@@ -135,7 +137,11 @@ async fn bad_input_is_rejected() -> anyhow::Result<()> {
         let code = status
             .and_then(|error| error.downcast::<tonic::Status>().ok())
             .map(|status| status.code());
-        assert_eq!(code, Some(tonic::Code::InvalidArgument), "{user:?} {id:?} {tokens}");
+        assert_eq!(
+            code,
+            Some(tonic::Code::InvalidArgument),
+            "{user:?} {id:?} {tokens}"
+        );
     }
     Ok(())
 }

@@ -1,0 +1,469 @@
+//! The HTTP API end to end: every service in-process, real Redis and MySQL, and a real
+//! HTTP server speaking OpenAI's wire format as the provider.
+
+mod support;
+
+use std::time::Duration;
+
+use chat_common::testing::Upstream;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Stack, total_tokens};
+
+#[tokio::test]
+async fn a_chat_goes_through_every_service_and_is_saved() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (status, body) = stack.chat("u1", "Hello   world   from   Go!").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cleaned"], "Hello world from Go!");
+    assert_eq!(body["reply"], "echo: Hello world from Go!");
+    assert_eq!(body["model"], "gpt-test");
+    assert_eq!(body["history_saved"], true);
+    let usage = &body["usage"];
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_i64(),
+        usage["completion_tokens"].as_i64(),
+    );
+    assert!(prompt > Some(0) && completion > Some(0), "{usage}");
+    assert_eq!(
+        total_tokens(&body),
+        prompt.unwrap_or(0) + completion.unwrap_or(0)
+    );
+    assert_eq!(
+        body["remaining"].as_i64(),
+        Some(stack.daily_limit - total_tokens(&body))
+    );
+    assert_eq!(
+        stack.history("u1").await?,
+        [
+            ("user".to_owned(), "Hello world from Go!".to_owned()),
+            (
+                "assistant".to_owned(),
+                "echo: Hello world from Go!".to_owned()
+            ),
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn remaining_is_the_limit_minus_the_real_usage_of_every_chat() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut spent = 0;
+    for i in 0..6 {
+        let text = format!("message number {i} {}", "word ".repeat(i * 7));
+        let (status, body) = stack.chat("u1", &text).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        spent += total_tokens(&body);
+        assert_eq!(body["remaining"].as_i64(), Some(stack.daily_limit - spent));
+    }
+    assert_eq!(stack.remaining("u1").await?, stack.daily_limit - spent);
+    assert_eq!(stack.remaining("someone-else").await?, stack.daily_limit);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_provider_sees_the_conversation_not_just_the_last_message() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    stack.chat("u1", "my name is Ada").await?;
+    stack.chat("u2", "unrelated user").await?;
+    let (status, _) = stack.chat("u1", "what is my name?").await?;
+    assert_eq!(status, StatusCode::OK);
+    let requests = stack.provider.requests();
+    let last = requests.last().cloned().unwrap_or_default();
+    assert_eq!(
+        last["messages"],
+        json!([
+            {"role": "user", "content": "my name is Ada"},
+            {"role": "assistant", "content": "echo: my name is Ada"},
+            {"role": "user", "content": "what is my name?"},
+        ])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_is_oldest_first_and_keeps_chinese_and_emoji() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    for text in ["第一条：你好，世界 🌏", "second", "第三条 🚀"] {
+        let (status, _) = stack.chat("u1", text).await?;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let texts: Vec<String> = stack
+        .history("u1")
+        .await?
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "第一条:你好,世界 🌏", // NFKC folds the full-width punctuation
+            "echo: 第一条:你好,世界 🌏",
+            "second",
+            "echo: second",
+            "第三条 🚀",
+            "echo: 第三条 🚀",
+        ]
+    );
+    // The second read comes from the cache and says the same.
+    let again: Vec<String> = stack
+        .history("u1")
+        .await?
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(again, texts);
+    Ok(())
+}
+
+async fn post_raw(
+    stack: &Stack,
+    body: impl Into<reqwest::Body>,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let response = stack
+        .http
+        .post(stack.url("/chat"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    Ok((response.status(), response.json().await?))
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_json_error_and_costs_nothing() -> anyhow::Result<()> {
+    let stack = Stack::start_with(|config| config.filter.max_text_chars = 50).await?;
+    let cases: Vec<(reqwest::Body, u16, &str)> = vec![
+        ("{not json".into(), 400, "bad json or missing user_id"),
+        (
+            r#"{"text":"hi"}"#.into(),
+            400,
+            "bad json or missing user_id",
+        ),
+        (
+            r#"{"user_id":"","text":"hi"}"#.into(),
+            400,
+            "invalid user_id",
+        ),
+        (
+            r#"{"user_id":"a b","text":"hi"}"#.into(),
+            400,
+            "invalid user_id",
+        ),
+        (
+            json!({"user_id": "x".repeat(65), "text": "hi"})
+                .to_string()
+                .into(),
+            400,
+            "invalid user_id",
+        ),
+        (
+            r#"{"user_id":"u1","text":"   "}"#.into(),
+            400,
+            "invalid text",
+        ),
+        (
+            json!({"user_id": "u1", "text": "y".repeat(51)})
+                .to_string()
+                .into(),
+            400,
+            "invalid text",
+        ),
+        (
+            json!({"user_id": "u1", "text": "z".repeat(70_000)})
+                .to_string()
+                .into(),
+            413,
+            "payload too large",
+        ),
+        (
+            r#"{"user_id":"u1","text":"foo bar"}"#.into(),
+            400,
+            "text blocked by filter",
+        ),
+    ];
+    for (body, status, error) in cases {
+        let (got_status, got) = post_raw(&stack, body).await?;
+        assert_eq!(
+            (got_status.as_u16(), got["error"].as_str()),
+            (status, Some(error)),
+            "{got}"
+        );
+        assert!(
+            got["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{got}"
+        );
+    }
+    let (_, blocked) = post_raw(&stack, r#"{"user_id":"u1","text":"foo bar"}"#).await?;
+    assert!(
+        blocked["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("foo"),
+        "{blocked}"
+    );
+    // "food" is not "foo".
+    let (status, _) = stack.chat("u1", "food").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        stack.provider.requests().len(),
+        1,
+        "only the accepted chat reached the provider"
+    );
+    assert_eq!(stack.history("u1").await?.len(), 2);
+
+    let response = stack.http.get(stack.url("/history")).send().await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = stack
+        .http
+        .get(stack.url("/history?user_id=bad%20id"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await?;
+    assert_eq!(body["error"], "invalid user_id");
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_ui_and_unknown_paths() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let health = stack.http.get(stack.url("/health")).send().await?;
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.text().await?, "ok");
+    for path in ["/", "/some/client/route"] {
+        let page = stack.http.get(stack.url(path)).send().await?;
+        assert_eq!(page.status(), StatusCode::OK);
+        assert!(page.text().await?.contains("<html"), "{path}");
+    }
+    let unknown = stack.http.post(stack.url("/nope")).send().await?;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let body: Value = unknown.json().await?;
+    assert_eq!(body["error"], "not found");
+    Ok(())
+}
+
+/// Runs one chat against a misbehaving provider; answers the status, the body, and
+/// what the user has left afterwards.
+async fn chat_against(
+    upstream: Upstream,
+    llm_timeout_ms: u64,
+) -> anyhow::Result<(StatusCode, Value, i64, Stack)> {
+    let stack = Stack::start_with(|config| config.gateway.llm_timeout_ms = llm_timeout_ms).await?;
+    stack.provider.always(upstream);
+    let (status, body) = stack.chat("u1", "hello").await?;
+    let remaining = stack.remaining("u1").await?;
+    Ok((status, body, remaining, stack))
+}
+
+#[tokio::test]
+async fn a_provider_without_credit_is_402_and_the_reservation_is_refunded() -> anyhow::Result<()> {
+    let (status, body, remaining, stack) =
+        chat_against(Upstream::InsufficientQuota, 10_000).await?;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(body["error"], "insufficient_quota");
+    assert_eq!(remaining, stack.daily_limit);
+    assert!(stack.history("u1").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_provider_that_keeps_rate_limiting_is_429_and_refunded() -> anyhow::Result<()> {
+    let (status, body, remaining, stack) = chat_against(Upstream::RateLimited, 10_000).await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(remaining, stack.daily_limit);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_provider_rate_limit_then_success_is_retried_transparently() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .provider
+        .then([Upstream::RateLimited, Upstream::RateLimited]);
+    let (status, body) = stack.chat("u1", "hello").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(stack.provider.requests().len(), 3);
+    assert_eq!(
+        stack.remaining("u1").await?,
+        stack.daily_limit - total_tokens(&body)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_provider_error_is_500_llm_failed_without_secrets_and_refunded() -> anyhow::Result<()> {
+    let (status, body, remaining, stack) = chat_against(Upstream::ServerError, 10_000).await?;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["error"], "llm failed");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("500"), "{detail}");
+    assert!(!body.to_string().contains("sk-test"), "{body}");
+    assert_eq!(remaining, stack.daily_limit);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_provider_too_slow_for_the_deadline_is_504_and_refunded() -> anyhow::Result<()> {
+    let (status, body, remaining, stack) =
+        chat_against(Upstream::Slow(Duration::from_secs(5)), 500).await?;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body["error"], "llm failed");
+    assert_eq!(remaining, stack.daily_limit);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spent_quota_is_429_with_retry_after_until_the_reset() -> anyhow::Result<()> {
+    let stack = Stack::start_with(|config| {
+        config.token.daily_limit = 400;
+        config.gateway.min_reservation = 50;
+    })
+    .await?;
+    let mut spent = 0;
+    let refused = loop {
+        let response = stack
+            .http
+            .post(stack.url("/chat"))
+            .json(&json!({"user_id": "u1", "text": "tell me something"}))
+            .send()
+            .await?;
+        if response.status() != StatusCode::OK {
+            break response;
+        }
+        let body: Value = response.json().await?;
+        spent += total_tokens(&body);
+        anyhow::ensure!(spent <= 400, "spent past the limit");
+    };
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await?;
+    assert_eq!(body["error"], "quota_exceeded");
+    assert_eq!(body["remaining"].as_i64(), Some(400 - spent));
+    assert_eq!(body["reset_after_seconds"].as_u64(), Some(retry_after));
+    Ok(())
+}
+
+#[tokio::test]
+async fn fifty_concurrent_chats_never_spend_past_a_small_quota() -> anyhow::Result<()> {
+    let limit = 1500;
+    let stack = Stack::start_with(|config| {
+        config.token.daily_limit = limit;
+        config.gateway.min_reservation = 50;
+    })
+    .await?;
+    let chats = (0..50).map(|i| stack.chat("u1", if i % 2 == 0 { "hello there" } else { "hi" }));
+    let results = futures::future::try_join_all(chats).await?;
+    let mut spent = 0;
+    let (mut ok, mut refused) = (0, 0);
+    for (status, body) in &results {
+        match status.as_u16() {
+            200 => {
+                ok += 1;
+                spent += total_tokens(body);
+            }
+            429 => {
+                assert_eq!(body["error"], "quota_exceeded");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused");
+    assert!(spent <= limit, "spent {spent} of {limit}");
+    assert_eq!(stack.remaining("u1").await?, limit - spent);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_rate_limiter_answers_429_at_once_with_retry_after() -> anyhow::Result<()> {
+    let stack = Stack::start_with(|config| config.gateway.rate_limit_per_minute = 2).await?;
+    for _ in 0..2 {
+        let (status, _) = stack.chat("u1", "hello").await?;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let response = stack
+        .http
+        .post(stack.url("/chat"))
+        .json(&json!({"user_id": "u1", "text": "hello"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await?;
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(
+        stack.provider.requests().len(),
+        2,
+        "the refused chat never reached the provider"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_that_is_down_is_a_prompt_5xx_not_a_hang() -> anyhow::Result<()> {
+    // Nothing listens on the token service's address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let stack =
+        Stack::start_with(|config| config.gateway.token_addr = format!("http://{closed}")).await?;
+    let (status, body) = stack.chat("u1", "hello").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "token failed");
+    assert!(stack.provider.requests().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_chat_still_gets_charged_and_saved() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .provider
+        .then([Upstream::Slow(Duration::from_millis(800))]);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()?;
+    let gave_up = impatient
+        .post(stack.url("/chat"))
+        .json(&json!({"user_id": "u1", "text": "are you there?"}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out first");
+    // The chat finishes without its client: saved, and settled to the real usage.
+    let mut history = Vec::new();
+    for _ in 0..100 {
+        history = stack.history("u1").await?;
+        if history.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(history.len(), 2, "{history:?}");
+    let sent = stack.provider.requests();
+    let contents: Vec<&str> = sent[0]["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|message| message["content"].as_str())
+        .collect();
+    let used = chat_common::tokens::count_prompt(contents)
+        + chat_common::tokens::count("echo: are you there?");
+    assert_eq!(
+        stack.remaining("u1").await?,
+        stack.daily_limit - used as i64
+    );
+    Ok(())
+}
