@@ -17,6 +17,29 @@ pub mod testing;
 
 pub use error::ErrorCode;
 
+/// Turns the outcome of a service's `main` into its exit code, printing a failure as
+/// one line with its causes (`chat-token: invalid configuration: ... key "DAILY_LIMIT"`)
+/// rather than a backtrace: at start-up the logger may not exist yet.
+#[allow(clippy::print_stderr)]
+pub fn exit_code(service: &str, outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "stopped");
+            eprintln!("chat-{service}: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds `addr`, saying which address when that fails.
+pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C), so servers can
 /// finish in-flight requests before exiting.
 pub async fn shutdown_signal() {

@@ -18,8 +18,8 @@ pub const CONFIG_FILE_ENV: &str = "CHAT_CONFIG";
 pub enum SettingsError {
     #[error("configuration file {0} (from {CONFIG_FILE_ENV}) does not exist")]
     MissingFile(String),
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration")]
+    Invalid(#[source] Box<figment::Error>),
 }
 
 /// Loads `T` from its `Default`, then the file named by `CHAT_CONFIG` if set, then the

@@ -81,3 +81,18 @@ pub async fn run(
     history.close().await;
     served
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mysql_password_never_shows_in_debug_output() {
+        let settings = Settings {
+            mysql_dsn: SecretString::from("mysql://chat:hunter2@db:3306/chatdb"),
+            ..Settings::default()
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

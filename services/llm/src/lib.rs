@@ -79,3 +79,18 @@ pub async fn run(
         .add_service(LlmServiceServer::new(llm));
     chat_common::grpc::serve(router, listener, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let settings = Settings {
+            openai_api_key: Some(SecretString::from("sk-very-secret")),
+            ..Settings::default()
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("sk-very-secret"), "{shown}");
+    }
+}

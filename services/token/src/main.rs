@@ -1,9 +1,14 @@
+//! The token service's process: settings, logging, listener, then [`chat_token::run`].
+
 use chat_token::Settings;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings: Settings = chat_common::settings::load()?;
-    chat_common::telemetry::init("token");
-    let listener = tokio::net::TcpListener::bind(&settings.token_listen).await?;
-    chat_token::run(settings, listener, chat_common::shutdown_signal()).await
+async fn main() -> std::process::ExitCode {
+    let outcome = async {
+        let settings: Settings = chat_common::settings::load()?;
+        chat_common::telemetry::init("token");
+        let listener = chat_common::bind(&settings.token_listen).await?;
+        chat_token::run(settings, listener, chat_common::shutdown_signal()).await
+    };
+    chat_common::exit_code("token", outcome.await)
 }
