@@ -8,7 +8,11 @@ help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 test: deps ## run every test (starts a local Redis and MariaDB first)
-	cargo test --workspace
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		cargo test --workspace --no-fail-fast; \
+	fi
 
 deps: ## start a local Redis and MariaDB for tests and dev (data in .dev/)
 	deploy/dev/deps.sh up

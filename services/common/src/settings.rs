@@ -103,7 +103,7 @@ mod tests {
     fn a_bad_value_names_its_key() {
         let error = from_toml::<Example>("daily_limit = \"lots\"")
             .err()
-            .map(|error| error.to_string())
+            .map(|error| format!("{:#}", anyhow::Error::new(error)))
             .unwrap_or_default();
         assert!(error.contains("daily_limit"), "{error}");
     }
