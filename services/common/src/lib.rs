@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod grpc;
+pub mod healthcheck;
 pub mod redis;
 pub mod settings;
 pub mod telemetry;

@@ -1,4 +1,5 @@
 //! The gateway service's process: settings, logging, listener, then [`chat_gateway::run`].
+//! `chat-gateway healthcheck` asks a running instance whether it is healthy.
 
 use chat_gateway::Settings;
 
@@ -6,6 +7,9 @@ use chat_gateway::Settings;
 async fn main() -> std::process::ExitCode {
     let outcome = async {
         let settings: Settings = chat_common::settings::load()?;
+        if chat_common::healthcheck::requested() {
+            return chat_common::healthcheck::http(&settings.gateway_listen, "/health").await;
+        }
         chat_common::telemetry::init("gateway");
         let listener = chat_common::bind(&settings.gateway_listen).await?;
         chat_gateway::run(settings, listener, chat_common::shutdown_signal()).await

@@ -1,4 +1,5 @@
 //! The llm service's process: settings, logging, listener, then [`chat_llm::run`].
+//! `chat-llm healthcheck` asks a running instance whether it is healthy.
 
 use chat_llm::Settings;
 
@@ -6,6 +7,9 @@ use chat_llm::Settings;
 async fn main() -> std::process::ExitCode {
     let outcome = async {
         let settings: Settings = chat_common::settings::load()?;
+        if chat_common::healthcheck::requested() {
+            return chat_common::healthcheck::grpc(&settings.llm_listen).await;
+        }
         chat_common::telemetry::init("llm");
         let listener = chat_common::bind(&settings.llm_listen).await?;
         chat_llm::run(settings, listener, chat_common::shutdown_signal()).await

@@ -1,4 +1,5 @@
 //! The token service's process: settings, logging, listener, then [`chat_token::run`].
+//! `chat-token healthcheck` asks a running instance whether it is healthy.
 
 use chat_token::Settings;
 
@@ -6,6 +7,9 @@ use chat_token::Settings;
 async fn main() -> std::process::ExitCode {
     let outcome = async {
         let settings: Settings = chat_common::settings::load()?;
+        if chat_common::healthcheck::requested() {
+            return chat_common::healthcheck::grpc(&settings.token_listen).await;
+        }
         chat_common::telemetry::init("token");
         let listener = chat_common::bind(&settings.token_listen).await?;
         chat_token::run(settings, listener, chat_common::shutdown_signal()).await
