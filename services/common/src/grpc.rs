@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
+
+use crate::observe::GrpcServerLayer;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -85,9 +89,17 @@ pub fn health() -> (
     tonic_health::server::health_reporter()
 }
 
+/// A tonic server whose every call is traced and counted (see [`crate::observe`]).
+pub type ObservedServer = Server<Stack<GrpcServerLayer, Identity>>;
+
+/// Starts a server builder with tracing and metrics on every call.
+pub fn server() -> ObservedServer {
+    Server::builder().layer(GrpcServerLayer)
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight calls.
 pub async fn serve(
-    router: Router,
+    router: Router<Stack<GrpcServerLayer, Identity>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {

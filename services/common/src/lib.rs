@@ -7,6 +7,8 @@
 pub mod error;
 pub mod grpc;
 pub mod healthcheck;
+pub mod metrics;
+pub mod observe;
 pub mod redis;
 pub mod settings;
 pub mod telemetry;

@@ -25,6 +25,9 @@ pub use clean::clean;
 pub struct Settings {
     /// Address the gRPC server binds (`FILTER_LISTEN`).
     pub filter_listen: String,
+    /// Address of the Prometheus metrics endpoint, `GET /metrics`
+    /// (`FILTER_METRICS_LISTEN`; empty turns it off).
+    pub filter_metrics_listen: String,
     /// Words and phrases that block a text (`BLOCKED_WORDS`, comma-separated). The
     /// default keeps the original's demo entry so a blocked text can be tried at once.
     #[serde(deserialize_with = "chat_common::settings::comma_list")]
@@ -37,6 +40,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             filter_listen: "0.0.0.0:50052".to_owned(),
+            filter_metrics_listen: "0.0.0.0:9052".to_owned(),
             blocked_words: vec!["foo".to_owned()],
             max_text_chars: 8000,
         }
@@ -105,6 +109,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    chat_common::metrics::spawn_server(&settings.filter_metrics_listen).await?;
     let filter = Filter::new(&settings)?;
     tracing::info!(
         blocked_words = settings.blocked_words.len(),
@@ -113,7 +118,7 @@ pub async fn run(
     );
     let (reporter, health) = chat_common::grpc::health();
     reporter.set_serving::<FilterServiceServer<Filter>>().await;
-    let router = tonic::transport::Server::builder()
+    let router = chat_common::grpc::server()
         .add_service(health)
         .add_service(FilterServiceServer::new(filter));
     chat_common::grpc::serve(router, listener, shutdown).await

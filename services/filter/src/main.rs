@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
         if chat_common::healthcheck::requested() {
             return chat_common::healthcheck::grpc(&settings.filter_listen).await;
         }
-        chat_common::telemetry::init("filter");
+        let _telemetry = chat_common::telemetry::init("filter");
         let listener = chat_common::bind(&settings.filter_listen).await?;
         chat_filter::run(settings, listener, chat_common::shutdown_signal()).await
     };

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use chat_common::grpc::{call, lazy_channel, request};
+use chat_common::grpc::lazy_channel;
+use chat_common::observe::unary;
 use chat_proto::filter_service_client::FilterServiceClient;
 use chat_proto::history_service_client::HistoryServiceClient;
 use chat_proto::llm_service_client::LlmServiceClient;
@@ -17,6 +18,11 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::Settings;
+
+const FILTER: &str = "chat.v1.FilterService";
+const TOKEN: &str = "chat.v1.TokenService";
+const LLM: &str = "chat.v1.LlmService";
+const HISTORY: &str = "chat.v1.HistoryService";
 
 /// Cheap to clone: the channels are shared and multiplex requests over HTTP/2.
 #[derive(Clone)]
@@ -47,63 +53,100 @@ impl Backends {
     }
 
     pub async fn filter(&self, text: String) -> Result<FilterResponse, Status> {
-        let deadline = self.filter_deadline;
         let mut client = self.filter.clone();
-        call(
-            deadline,
-            client.filter(request(FilterRequest { text }, deadline)),
+        let message = FilterRequest { text };
+        unary(
+            FILTER,
+            "Filter",
+            self.filter_deadline,
+            message,
+            |request| async move { client.filter(request).await },
         )
         .await
     }
 
     pub async fn reserve(&self, message: ReserveRequest) -> Result<ReserveResponse, Status> {
-        let deadline = self.token_deadline;
         let mut client = self.token.clone();
-        call(deadline, client.reserve(request(message, deadline))).await
+        unary(
+            TOKEN,
+            "Reserve",
+            self.token_deadline,
+            message,
+            |request| async move { client.reserve(request).await },
+        )
+        .await
     }
 
     pub async fn settle(&self, message: SettleRequest) -> Result<SettleResponse, Status> {
-        let deadline = self.token_deadline;
         let mut client = self.token.clone();
-        call(deadline, client.settle(request(message, deadline))).await
+        unary(
+            TOKEN,
+            "Settle",
+            self.token_deadline,
+            message,
+            |request| async move { client.settle(request).await },
+        )
+        .await
     }
 
     pub async fn remaining(&self, user_id: &str) -> Result<QuotaState, Status> {
-        let deadline = self.token_deadline;
         let mut client = self.token.clone();
         let message = RemainingRequest {
             user_id: user_id.to_owned(),
         };
-        call(deadline, client.remaining(request(message, deadline))).await
+        unary(
+            TOKEN,
+            "Remaining",
+            self.token_deadline,
+            message,
+            |request| async move { client.remaining(request).await },
+        )
+        .await
     }
 
     pub async fn complete(&self, message: CompleteRequest) -> Result<CompleteResponse, Status> {
-        let deadline = self.llm_deadline;
         let mut client = self.llm.clone();
-        call(deadline, client.complete(request(message, deadline))).await
+        unary(
+            LLM,
+            "Complete",
+            self.llm_deadline,
+            message,
+            |request| async move { client.complete(request).await },
+        )
+        .await
     }
 
     pub async fn save(&self, user_id: &str, messages: Vec<NewMessage>) -> Result<Vec<i64>, Status> {
-        let deadline = self.history_deadline;
         let mut client = self.history.clone();
         let message = SaveRequest {
             user_id: user_id.to_owned(),
             messages,
         };
-        Ok(call(deadline, client.save(request(message, deadline)))
-            .await?
-            .ids)
+        let saved = unary(
+            HISTORY,
+            "Save",
+            self.history_deadline,
+            message,
+            |request| async move { client.save(request).await },
+        )
+        .await?;
+        Ok(saved.ids)
     }
 
     pub async fn history(&self, user_id: &str, limit: u32) -> Result<Vec<StoredMessage>, Status> {
-        let deadline = self.history_deadline;
         let mut client = self.history.clone();
         let message = ListRequest {
             user_id: user_id.to_owned(),
             limit,
         };
-        Ok(call(deadline, client.list(request(message, deadline)))
-            .await?
-            .messages)
+        let listed = unary(
+            HISTORY,
+            "List",
+            self.history_deadline,
+            message,
+            |request| async move { client.list(request).await },
+        )
+        .await?;
+        Ok(listed.messages)
     }
 }

@@ -19,6 +19,7 @@ use chat_proto::{
 };
 use serde::{Deserialize, Serialize};
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::{ApiError, Backends, Settings};
 
@@ -143,10 +144,12 @@ pub async fn chat(
         max_output_tokens: policy.max_output_tokens,
         remaining_after_reserve: quota.remaining,
     };
-    tokio::spawn(open.finish()).await.map_err(|error| {
-        tracing::error!(%error, "chat task failed");
-        ApiError::dependency("gateway", tonic::Status::internal("chat task failed"))
-    })?
+    tokio::spawn(open.finish().in_current_span())
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "chat task failed");
+            ApiError::dependency("gateway", tonic::Status::internal("chat task failed"))
+        })?
 }
 
 /// The conversation sent to the model: the system prompt, as many of the latest

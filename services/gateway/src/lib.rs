@@ -11,6 +11,7 @@
 mod backends;
 pub mod chat;
 mod error;
+mod observe;
 mod rate_limit;
 mod routes;
 
@@ -28,6 +29,9 @@ pub use error::ApiError;
 pub struct Settings {
     /// Address the HTTP server binds (`GATEWAY_LISTEN`).
     pub gateway_listen: String,
+    /// Address of the Prometheus metrics endpoint, `GET /metrics`
+    /// (`GATEWAY_METRICS_LISTEN`; empty turns it off).
+    pub gateway_metrics_listen: String,
     /// Where the services are (`FILTER_ADDR`, `TOKEN_ADDR`, `LLM_ADDR`, `HISTORY_ADDR`).
     pub filter_addr: String,
     pub token_addr: String,
@@ -62,6 +66,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             gateway_listen: "0.0.0.0:8080".to_owned(),
+            gateway_metrics_listen: "0.0.0.0:9080".to_owned(),
             filter_addr: "http://127.0.0.1:50052".to_owned(),
             token_addr: "http://127.0.0.1:50051".to_owned(),
             llm_addr: "http://127.0.0.1:50055".to_owned(),
@@ -95,6 +100,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    chat_common::metrics::spawn_server(&settings.gateway_metrics_listen).await?;
     let app = routes::router(&settings)?;
     tracing::info!(local = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app)

@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
         if chat_common::healthcheck::requested() {
             return chat_common::healthcheck::http(&settings.gateway_listen, "/health").await;
         }
-        chat_common::telemetry::init("gateway");
+        let _telemetry = chat_common::telemetry::init("gateway");
         let listener = chat_common::bind(&settings.gateway_listen).await?;
         chat_gateway::run(settings, listener, chat_common::shutdown_signal()).await
     };

@@ -42,6 +42,7 @@ pub fn router(settings: &Settings) -> anyhow::Result<Router> {
         .route("/", get(index))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(axum::middleware::from_fn(crate::observe::observe))
         .with_state(state))
 }
 
@@ -50,7 +51,10 @@ async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if let Some(limiter) = &state.limiter {
-        limiter.check().map_err(ApiError::RateLimited)?;
+        limiter.check().map_err(|wait| {
+            metrics::counter!("gateway_rate_limited_total").increment(1);
+            ApiError::RateLimited(wait)
+        })?;
     }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.max_body_bytes),

@@ -50,15 +50,19 @@ impl Cache {
 
     async fn run<T>(
         &self,
+        name: &'static str,
         operation: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     ) -> anyhow::Result<T> {
         let work = async {
             let mut connection = self.pool.get().await?;
             Ok::<T, anyhow::Error>(operation(&mut connection).await?)
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| anyhow::anyhow!("redis timed out"))?
+        let timed = async {
+            tokio::time::timeout(self.timeout, work)
+                .await
+                .map_err(|_| anyhow::anyhow!("redis timed out"))?
+        };
+        chat_common::observe::db("redis", name, timed).await
     }
 
     /// The newest `limit` messages, newest first, or `None` on a miss.
@@ -69,7 +73,7 @@ impl Cache {
     ) -> anyhow::Result<Option<Vec<CachedMessage>>> {
         let (list, _) = self.keys(user_id);
         let raw: Vec<String> = self
-            .run(async |connection| {
+            .run("lrange", async |connection| {
                 redis::cmd("LRANGE")
                     .arg(&list)
                     .arg(0)
@@ -92,7 +96,7 @@ impl Cache {
     pub async fn version(&self, user_id: &str) -> anyhow::Result<String> {
         let (_, version) = self.keys(user_id);
         let current: Option<String> = self
-            .run(async |connection| {
+            .run("get", async |connection| {
                 redis::cmd("GET")
                     .arg(&version)
                     .query_async(connection)
@@ -121,7 +125,9 @@ impl Cache {
             .arg(self.ttl_secs)
             .arg(items);
         let stored: i64 = self
-            .run(async |connection| invocation.invoke_async(connection).await)
+            .run("refill", async |connection| {
+                invocation.invoke_async(connection).await
+            })
             .await?;
         Ok(stored == 1)
     }
@@ -144,7 +150,9 @@ impl Cache {
             .arg(self.size)
             .arg(items);
         let _: i64 = self
-            .run(async |connection| invocation.invoke_async(connection).await)
+            .run("append", async |connection| {
+                invocation.invoke_async(connection).await
+            })
             .await?;
         Ok(())
     }

@@ -28,6 +28,9 @@ pub use store::History;
 pub struct Settings {
     /// Address the gRPC server binds (`HISTORY_LISTEN`).
     pub history_listen: String,
+    /// Address of the Prometheus metrics endpoint, `GET /metrics`
+    /// (`HISTORY_METRICS_LISTEN`; empty turns it off).
+    pub history_metrics_listen: String,
     /// `mysql://user:pass@host:3306/db` or the original's Go form
     /// `user:pass@tcp(host:3306)/db?...` (`MYSQL_DSN`). Secret: it holds a password.
     pub mysql_dsn: SecretString,
@@ -51,6 +54,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             history_listen: "0.0.0.0:50054".to_owned(),
+            history_metrics_listen: "0.0.0.0:9054".to_owned(),
             mysql_dsn: SecretString::from("mysql://root:root@localhost:3306/chatdb"),
             redis_addr: "localhost:6379".to_owned(),
             redis_key_prefix: String::new(),
@@ -69,12 +73,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    chat_common::metrics::spawn_server(&settings.history_metrics_listen).await?;
     let history = History::connect(&settings).await?;
     let (reporter, health) = chat_common::grpc::health();
     reporter
         .set_serving::<HistoryServiceServer<History>>()
         .await;
-    let router = tonic::transport::Server::builder()
+    let router = chat_common::grpc::server()
         .add_service(health)
         .add_service(HistoryServiceServer::new(history.clone()));
     let served = chat_common::grpc::serve(router, listener, shutdown).await;

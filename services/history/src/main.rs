@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
         if chat_common::healthcheck::requested() {
             return chat_common::healthcheck::grpc(&settings.history_listen).await;
         }
-        chat_common::telemetry::init("history");
+        let _telemetry = chat_common::telemetry::init("history");
         let listener = chat_common::bind(&settings.history_listen).await?;
         chat_history::run(settings, listener, chat_common::shutdown_signal()).await
     };

@@ -4,6 +4,7 @@ use std::time::Duration;
 use chat_common::user::validate_user_id;
 use chat_proto::history_service_server::HistoryService;
 use chat_proto::{ListRequest, ListResponse, Role, SaveRequest, SaveResponse, StoredMessage};
+use metrics::counter;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, PoolConstraints, PoolOpts, Value};
 use secrecy::ExposeSecret;
@@ -96,10 +97,14 @@ impl History {
             params.push(Value::from(now_ms));
         }
         let mut connection = self.mysql().await?;
-        let first_id = tokio::time::timeout(self.inner.timeout, async {
+        let insert = async {
             connection.exec_drop(sql, params).await?;
             Ok::<_, mysql_async::Error>(connection.last_insert_id())
-        })
+        };
+        let first_id = tokio::time::timeout(
+            self.inner.timeout,
+            chat_common::observe::db("mysql", "insert", insert),
+        )
         .await
         .map_err(|_| Status::unavailable("history store: MySQL write timed out"))?
         .map_err(store_error)?
@@ -125,10 +130,14 @@ impl History {
         let mut connection = self.mysql().await?;
         let rows: Vec<(i64, String, String, i64)> = tokio::time::timeout(
             self.inner.timeout,
-            connection.exec(
-                "SELECT id, role, text, CAST(UNIX_TIMESTAMP(created_at) * 1000 AS SIGNED)
-                 FROM chat_history WHERE user_id = ? ORDER BY id DESC LIMIT ?",
-                (user_id, limit),
+            chat_common::observe::db(
+                "mysql",
+                "select",
+                connection.exec(
+                    "SELECT id, role, text, CAST(UNIX_TIMESTAMP(created_at) * 1000 AS SIGNED)
+                     FROM chat_history WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                    (user_id, limit),
+                ),
             ),
         )
         .await
@@ -153,12 +162,21 @@ impl History {
     ) -> Result<(Vec<CachedMessage>, bool), Status> {
         let cache = &self.inner.cache;
         if limit > cache.size() {
+            counter!("history_cache_requests_total", "result" => "bypass").increment(1);
             return Ok((self.newest_from_mysql(user_id, limit).await?, false));
         }
         match cache.recent(user_id, limit).await {
-            Ok(Some(messages)) => return Ok((messages, true)),
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "history cache read failed; reading mysql"),
+            Ok(Some(messages)) => {
+                counter!("history_cache_requests_total", "result" => "hit").increment(1);
+                return Ok((messages, true));
+            }
+            Ok(None) => {
+                counter!("history_cache_requests_total", "result" => "miss").increment(1);
+            }
+            Err(error) => {
+                counter!("history_cache_requests_total", "result" => "error").increment(1);
+                tracing::warn!(%error, "history cache read failed; reading mysql");
+            }
         }
         let version = cache.version(user_id).await;
         let newest = self.newest_from_mysql(user_id, cache.size()).await?;

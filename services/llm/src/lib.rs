@@ -24,6 +24,9 @@ pub use provider::{Llm, ProviderKind};
 pub struct Settings {
     /// Address the gRPC server binds (`LLM_LISTEN`).
     pub llm_listen: String,
+    /// Address of the Prometheus metrics endpoint, `GET /metrics`
+    /// (`LLM_METRICS_LISTEN`; empty turns it off).
+    pub llm_metrics_listen: String,
     /// Provider API key (`OPENAI_API_KEY`); without it the mock provider answers.
     pub openai_api_key: Option<SecretString>,
     /// Base URL of the Chat Completions API, ending in `/v1` (`OPENAI_BASE_URL`).
@@ -46,6 +49,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             llm_listen: "0.0.0.0:50055".to_owned(),
+            llm_metrics_listen: "0.0.0.0:9055".to_owned(),
             openai_api_key: None,
             openai_base_url: "https://api.openai.com/v1".to_owned(),
             openai_model: "gpt-4o-mini".to_owned(),
@@ -70,11 +74,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    chat_common::metrics::spawn_server(&settings.llm_metrics_listen).await?;
     let llm = Llm::new(&settings)?;
     chat_common::tokens::warm_up();
     let (reporter, health) = chat_common::grpc::health();
     reporter.set_serving::<LlmServiceServer<Llm>>().await;
-    let router = tonic::transport::Server::builder()
+    let router = chat_common::grpc::server()
         .add_service(health)
         .add_service(LlmServiceServer::new(llm));
     chat_common::grpc::serve(router, listener, shutdown).await

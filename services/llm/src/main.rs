@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
         if chat_common::healthcheck::requested() {
             return chat_common::healthcheck::grpc(&settings.llm_listen).await;
         }
-        chat_common::telemetry::init("llm");
+        let _telemetry = chat_common::telemetry::init("llm");
         let listener = chat_common::bind(&settings.llm_listen).await?;
         chat_llm::run(settings, listener, chat_common::shutdown_signal()).await
     };

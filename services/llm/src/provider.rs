@@ -12,8 +12,11 @@ use async_openai::types::chat::{
 use chat_common::tokens;
 use chat_proto::llm_service_server::LlmService;
 use chat_proto::{ChatMessage, CompleteRequest, CompleteResponse, Role, Usage};
+use metrics::{counter, histogram};
 use secrecy::{ExposeSecret, SecretString};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::Settings;
 
@@ -144,6 +147,7 @@ impl Llm {
                         ))));
                     }
                     tracing::info!(retries, pause_ms = pause.as_millis() as u64, %detail, "provider rate limited; retrying");
+                    counter!("llm_retries_total", "model" => self.model.clone()).increment(1);
                     tokio::time::sleep(pause).await;
                     retries += 1;
                 }
@@ -221,15 +225,58 @@ impl LlmService for Llm {
                 "messages must end with a non-empty user message",
             ));
         }
+        let (system, requested_model) = match self.provider {
+            Provider::OpenAi { .. } => ("openai", self.model.as_str()),
+            Provider::Mock => ("mock", "mock"),
+        };
+        let span = tracing::info_span!(
+            "llm call",
+            otel.name = format!("chat {requested_model}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            gen_ai.system = system,
+            gen_ai.provider.name = system,
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = requested_model,
+            gen_ai.request.max_tokens = self.max_tokens(&request),
+            gen_ai.response.model = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            error.type = Empty,
+        );
         let started = Instant::now();
         let answer = match &self.provider {
             Provider::OpenAi { client, api_key } => {
                 self.complete_openai(client, api_key, &request, deadline)
-                    .await?
+                    .instrument(span.clone())
+                    .await
             }
-            Provider::Mock => self.complete_mock(&request),
+            Provider::Mock => Ok(self.complete_mock(&request)),
         };
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(status) => match status.code() {
+                Code::ResourceExhausted => "rate_limited",
+                Code::FailedPrecondition => "insufficient_quota",
+                Code::DeadlineExceeded => "timeout",
+                _ => "error",
+            },
+        };
+        histogram!("llm_request_duration_seconds", "model" => requested_model.to_owned(), "outcome" => outcome)
+            .record(started.elapsed());
+        let answer = answer.inspect_err(|_| {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", outcome);
+        })?;
         let usage = answer.usage.unwrap_or_default();
+        span.record("gen_ai.response.model", answer.model.as_str());
+        span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+        span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+        let model = answer.model.clone();
+        counter!("llm_tokens_total", "model" => model.clone(), "kind" => "prompt")
+            .increment(usage.prompt_tokens.max(0) as u64);
+        counter!("llm_tokens_total", "model" => model, "kind" => "completion")
+            .increment(usage.completion_tokens.max(0) as u64);
         tracing::info!(
             user_id = %request.user_id,
             model = %answer.model,

@@ -26,6 +26,9 @@ pub use quota::Quota;
 pub struct Settings {
     /// Address the gRPC server binds (`TOKEN_LISTEN`).
     pub token_listen: String,
+    /// Address of the Prometheus metrics endpoint, `GET /metrics`
+    /// (`TOKEN_METRICS_LISTEN`; empty turns it off).
+    pub token_metrics_listen: String,
     /// `host:port` or `redis://` URL (`REDIS_ADDR`).
     pub redis_addr: String,
     /// Prepended to every key, to share one Redis between deployments or tests.
@@ -49,6 +52,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             token_listen: "0.0.0.0:50051".to_owned(),
+            token_metrics_listen: "0.0.0.0:9051".to_owned(),
             redis_addr: "localhost:6379".to_owned(),
             redis_key_prefix: String::new(),
             daily_limit: 5000,
@@ -68,6 +72,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    chat_common::metrics::spawn_server(&settings.token_metrics_listen).await?;
     let quota = Quota::new(&settings)?;
     tracing::info!(
         daily_limit = settings.daily_limit,
@@ -81,7 +86,7 @@ pub async fn run(
     );
     let (reporter, health) = chat_common::grpc::health();
     reporter.set_serving::<TokenServiceServer<Quota>>().await;
-    let router = tonic::transport::Server::builder()
+    let router = chat_common::grpc::server()
         .add_service(health)
         .add_service(TokenServiceServer::new(quota));
     let served = chat_common::grpc::serve(router, listener, shutdown).await;

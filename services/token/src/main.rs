@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
         if chat_common::healthcheck::requested() {
             return chat_common::healthcheck::grpc(&settings.token_listen).await;
         }
-        chat_common::telemetry::init("token");
+        let _telemetry = chat_common::telemetry::init("token");
         let listener = chat_common::bind(&settings.token_listen).await?;
         chat_token::run(settings, listener, chat_common::shutdown_signal()).await
     };

@@ -9,6 +9,7 @@ use chat_proto::{
 use deadpool_redis::{Connection, Pool};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use metrics::counter;
 use redis::Script;
 use tonic::{Request, Response, Status};
 
@@ -113,23 +114,30 @@ impl Quota {
     }
 
     async fn connection(&self) -> Result<Connection, Status> {
-        self.inner
-            .pool
-            .get()
-            .await
-            .map_err(|error| Status::unavailable(format!("quota store unavailable: {error}")))
+        self.inner.pool.get().await.map_err(|error| {
+            counter!("quota_store_errors_total").increment(1);
+            Status::unavailable(format!("quota store unavailable: {error}"))
+        })
     }
 
-    /// Runs one Redis operation under the store's timeout.
+    /// Runs one Redis operation under the store's timeout, traced and timed.
     async fn redis<T>(
         &self,
+        name: &'static str,
         operation: impl Future<Output = deadpool_redis::redis::RedisResult<T>>,
     ) -> Result<T, Status> {
-        match tokio::time::timeout(self.inner.redis_timeout, operation).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(Status::unavailable(format!("quota store failed: {error}"))),
-            Err(_) => Err(Status::unavailable("quota store timed out")),
+        let timed = async {
+            match tokio::time::timeout(self.inner.redis_timeout, operation).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => Err(Status::unavailable(format!("quota store failed: {error}"))),
+                Err(_) => Err(Status::unavailable("quota store timed out")),
+            }
+        };
+        let outcome = chat_common::observe::db("redis", name, timed).await;
+        if outcome.is_err() {
+            counter!("quota_store_errors_total").increment(1);
         }
+        outcome
     }
 
     /// Refunds every reservation past its deadline; returns how many.
@@ -140,7 +148,9 @@ impl Quota {
         invocation.arg(now_ms).arg(SWEEP_BATCH);
         let mut total = 0;
         loop {
-            let refunded: u64 = self.redis(invocation.invoke_async(&mut connection)).await?;
+            let refunded: u64 = self
+                .redis("sweep", invocation.invoke_async(&mut connection))
+                .await?;
             total += refunded;
             if refunded < SWEEP_BATCH as u64 {
                 return Ok(total);
@@ -155,7 +165,10 @@ impl Quota {
             ticker.tick().await;
             match self.sweep().await {
                 Ok(0) => {}
-                Ok(refunded) => tracing::warn!(refunded, "refunded abandoned reservations"),
+                Ok(refunded) => {
+                    counter!("quota_refunds_total", "reason" => "abandoned").increment(refunded);
+                    tracing::warn!(refunded, "refunded abandoned reservations");
+                }
                 Err(error) => tracing::warn!(%error, "reservation sweep failed"),
             }
         }
@@ -199,9 +212,12 @@ impl TokenService for Quota {
             .arg(self.inner.daily_limit)
             .arg(self.inner.key_ttl_secs)
             .arg(deadline_ms);
-        let (granted, used): (i64, i64) =
-            self.redis(invocation.invoke_async(&mut connection)).await?;
+        let (granted, used): (i64, i64) = self
+            .redis("reserve", invocation.invoke_async(&mut connection))
+            .await?;
         let granted = granted == 1;
+        let result = if granted { "granted" } else { "rejected" };
+        counter!("quota_reservations_total", "result" => result).increment(1);
         if !granted {
             tracing::info!(user_id = %request.user_id, tokens = request.tokens, used, "quota exceeded");
         }
@@ -230,8 +246,14 @@ impl TokenService for Quota {
             .key(self.pending_key())
             .key(self.quota_key(&request.user_id, &day.date))
             .arg(request.actual_tokens);
-        let (settled, used): (i64, i64) =
-            self.redis(invocation.invoke_async(&mut connection)).await?;
+        let (settled, used): (i64, i64) = self
+            .redis("settle", invocation.invoke_async(&mut connection))
+            .await?;
+        let result = if settled == 1 { "settled" } else { "unknown" };
+        counter!("quota_settlements_total", "result" => result).increment(1);
+        if settled == 1 && request.actual_tokens == 0 {
+            counter!("quota_refunds_total", "reason" => "failed_call").increment(1);
+        }
         if settled == 0 {
             tracing::warn!(
                 user_id = %request.user_id,
@@ -256,6 +278,7 @@ impl TokenService for Quota {
         let mut connection = self.connection().await?;
         let used: Option<i64> = self
             .redis(
+                "get",
                 deadpool_redis::redis::cmd("GET")
                     .arg(self.quota_key(&request.user_id, &day.date))
                     .query_async(&mut connection),

@@ -77,14 +77,19 @@ impl Stack {
                 history_timeout_ms: 5000,
                 llm_timeout_ms: 10_000,
                 rate_limit_per_minute: 0,
+                gateway_metrics_listen: String::new(),
                 max_output_tokens: 100,
                 ..chat_gateway::Settings::default()
             },
-            filter: chat_filter::Settings::default(),
+            filter: chat_filter::Settings {
+                filter_metrics_listen: String::new(),
+                ..chat_filter::Settings::default()
+            },
             token: chat_token::Settings {
                 redis_addr: redis.addr.clone(),
                 redis_key_prefix: redis.prefix.clone(),
                 redis_timeout_ms: 5000,
+                token_metrics_listen: String::new(),
                 ..chat_token::Settings::default()
             },
             llm: chat_llm::Settings {
@@ -92,6 +97,7 @@ impl Stack {
                 openai_base_url: provider.base_url.clone(),
                 openai_model: "gpt-test".to_owned(),
                 llm_retry_base_ms: 10,
+                llm_metrics_listen: String::new(),
                 ..chat_llm::Settings::default()
             },
             history: chat_history::Settings {
@@ -99,6 +105,7 @@ impl Stack {
                 redis_addr: redis.addr.clone(),
                 redis_key_prefix: redis.prefix.clone(),
                 store_timeout_ms: 5000,
+                history_metrics_listen: String::new(),
                 ..chat_history::Settings::default()
             },
         };

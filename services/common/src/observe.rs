@@ -1,0 +1,251 @@
+//! Spans and metrics for what crosses a process boundary: gRPC calls on both sides
+//! (with W3C trace context carried in the metadata), and Redis and MySQL operations.
+//! Health checks are neither traced nor counted.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use opentelemetry::global;
+use opentelemetry::propagation::{Extractor, Injector};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The canonical name of a gRPC status code, as used in metric labels.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Reads W3C trace context from HTTP headers.
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// The trace context of the HTTP request's headers, for a server span to continue.
+pub fn remote_parent(headers: &http::HeaderMap) -> opentelemetry::Context {
+    global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+}
+
+/// One unary gRPC call as a client: a client span, the trace context and deadline in
+/// the request, a deadline enforced here too (a server that never answers cannot hang
+/// the caller), and `rpc_client_*` metrics.
+pub async fn unary<M, T, F, Fut>(
+    service: &'static str,
+    method: &'static str,
+    deadline: Duration,
+    message: M,
+    call: F,
+) -> Result<T, Status>
+where
+    F: FnOnce(Request<M>) -> Fut,
+    Fut: Future<Output = Result<Response<T>, Status>>,
+{
+    let span = tracing::info_span!(
+        "grpc call",
+        otel.name = format!("{service}/{method}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+    );
+    let started = Instant::now();
+    let outcome = async {
+        let mut request = Request::new(message);
+        request.set_timeout(deadline);
+        let context = tracing::Span::current().context();
+        global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+        });
+        match tokio::time::timeout(deadline, call(request)).await {
+            Ok(result) => result.map(Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {} ms",
+                deadline.as_millis()
+            ))),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let code = outcome
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    span.record("rpc.grpc.status_code", code as i64);
+    if code != tonic::Code::Ok {
+        span.record("otel.status_code", "ERROR");
+    }
+    let labels = [
+        ("service", service),
+        ("method", method),
+        ("code", code_name(code)),
+    ];
+    counter!("rpc_client_requests_total", &labels).increment(1);
+    histogram!("rpc_client_request_duration_seconds", &labels).record(started.elapsed());
+    outcome
+}
+
+/// One Redis or MySQL operation: a client span with the database conventions, and
+/// `db_client_operation_duration_seconds` / `db_client_errors_total`.
+pub async fn db<T, E: std::fmt::Display>(
+    system: &'static str,
+    operation: &'static str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let span = tracing::info_span!(
+        "db call",
+        otel.name = format!("{system} {operation}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        db.system.name = system,
+        db.operation.name = operation,
+    );
+    let started = Instant::now();
+    let outcome = work.instrument(span.clone()).await;
+    let labels = [("system", system), ("operation", operation)];
+    histogram!("db_client_operation_duration_seconds", &labels).record(started.elapsed());
+    if let Err(error) = &outcome {
+        span.record("otel.status_code", "ERROR");
+        tracing::warn!(parent: &span, %error, system, operation, "database call failed");
+        counter!("db_client_errors_total", &labels).increment(1);
+    }
+    outcome
+}
+
+/// Tower layer for tonic servers: a server span continuing the caller's trace, and
+/// `rpc_server_*` metrics by method and status code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcServerLayer;
+
+impl<S> tower::Layer<S> for GrpcServerLayer {
+    type Service = GrpcServer<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcServer { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcServer<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcServer<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The ready service is the one to call; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(service, method)| (service.to_owned(), method.to_owned()))
+            .unwrap_or_else(|| (path.to_owned(), String::new()));
+        if service.starts_with("grpc.health") {
+            return Box::pin(inner.call(request));
+        }
+        let span = tracing::info_span!(
+            "grpc request",
+            otel.name = format!("{service}/{method}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = Empty,
+        );
+        let _ = span.set_parent(remote_parent(request.headers()));
+        let active = gauge!("rpc_server_active_requests", "service" => service.clone());
+        active.increment(1.0);
+        let started = Instant::now();
+        let future = {
+            let _entered = span.enter();
+            inner.call(request)
+        };
+        Box::pin(async move {
+            let result = future.instrument(span.clone()).await;
+            // Tonic answers errors as trailers-only responses: the status is in the
+            // headers. A response without one carries OK in its trailers.
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Err(_) => tonic::Code::Unknown,
+            };
+            span.record("rpc.grpc.status_code", code as i64);
+            if code != tonic::Code::Ok {
+                span.record("otel.status_code", "ERROR");
+            }
+            let labels = [
+                ("service", service),
+                ("method", method),
+                ("code", code_name(code).to_owned()),
+            ];
+            counter!("rpc_server_requests_total", &labels).increment(1);
+            histogram!("rpc_server_request_duration_seconds", &labels).record(started.elapsed());
+            active.decrement(1.0);
+            result
+        })
+    }
+}
