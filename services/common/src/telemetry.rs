@@ -16,12 +16,14 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Flushes buffered spans when dropped: keep it alive for the whole of `main`.
 #[must_use = "spans are flushed when the guard is dropped"]
@@ -64,10 +66,19 @@ pub fn init(service: &'static str) -> Telemetry {
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(service);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG filters the log lines only: traces keep every info span whatever the
+    // log level, so `RUST_LOG=warn` does not turn tracing off.
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .with(tracing_subscriber::fmt::layer().event_format(JsonLines))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(LevelFilter::INFO),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonLines)
+                .with_filter(filter),
+        )
         .try_init();
     if installed.is_ok() {
         tracing::info!(
@@ -94,7 +105,7 @@ where
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        _: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -107,20 +118,20 @@ where
         line.insert("level".into(), metadata.level().as_str().into());
         line.insert("target".into(), metadata.target().into());
         event.record(&mut FieldsVisitor(&mut line));
-        if let Some(span) = ctx.lookup_current() {
+        // The current span of the whole subscriber, not only the spans this layer's
+        // filter lets through: a warning inside a request carries its trace id even
+        // when RUST_LOG hides the request's info span.
+        let current = tracing::Span::current();
+        if let Some(span) = current.metadata() {
             line.insert("span".into(), span.name().into());
-            let context = tracing::dispatcher::get_default(|dispatch| {
-                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-            });
-            if let Some(context) = context {
-                let span_context = context.span().span_context().clone();
-                if span_context.is_valid() {
-                    line.insert(
-                        "trace_id".into(),
-                        span_context.trace_id().to_string().into(),
-                    );
-                    line.insert("span_id".into(), span_context.span_id().to_string().into());
-                }
+            let context = current.context();
+            let span_context = context.span().span_context().clone();
+            if span_context.is_valid() {
+                line.insert(
+                    "trace_id".into(),
+                    span_context.trace_id().to_string().into(),
+                );
+                line.insert("span_id".into(), span_context.span_id().to_string().into());
             }
         }
         writeln!(writer, "{}", Value::Object(line))
@@ -149,15 +160,4 @@ impl Visit for FieldsVisitor<'_> {
         self.0
             .insert(field.name().into(), format!("{value:?}").into());
     }
-}
-
-/// The trace id of the current span, when it has one (for response headers).
-pub fn current_trace_id() -> Option<String> {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let span_context = span.span_context();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
 }

@@ -101,6 +101,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     chat_common::metrics::spawn_server(&settings.gateway_metrics_listen).await?;
+    // Series that only move on rare events exist from the start, at zero.
+    metrics::counter!("gateway_rate_limited_total").increment(0);
+    chat_common::tokens::warm_up();
     let app = routes::router(&settings)?;
     tracing::info!(local = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app)

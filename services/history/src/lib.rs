@@ -74,6 +74,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     chat_common::metrics::spawn_server(&settings.history_metrics_listen).await?;
+    // Series that only move on rare events exist from the start, at zero.
+    for result in ["hit", "miss", "bypass", "error"] {
+        metrics::counter!("history_cache_requests_total", "result" => result).increment(0);
+    }
     let history = History::connect(&settings).await?;
     let (reporter, health) = chat_common::grpc::health();
     reporter

@@ -75,6 +75,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     chat_common::metrics::spawn_server(&settings.llm_metrics_listen).await?;
+    // Series that only move on rare events exist from the start, at zero.
+    metrics::counter!("llm_retries_total", "model" => settings.openai_model.clone()).increment(0);
     let llm = Llm::new(&settings)?;
     chat_common::tokens::warm_up();
     let (reporter, health) = chat_common::grpc::health();

@@ -73,6 +73,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     chat_common::metrics::spawn_server(&settings.token_metrics_listen).await?;
+    // Series that only move on rare events exist from the start, at zero.
+    for (name, label, values) in [
+        (
+            "quota_reservations_total",
+            "result",
+            ["granted", "rejected"],
+        ),
+        ("quota_settlements_total", "result", ["settled", "unknown"]),
+        (
+            "quota_refunds_total",
+            "reason",
+            ["failed_call", "abandoned"],
+        ),
+    ] {
+        for value in values {
+            metrics::counter!(name, label => value).increment(0);
+        }
+    }
+    metrics::counter!("quota_store_errors_total").increment(0);
     let quota = Quota::new(&settings)?;
     tracing::info!(
         daily_limit = settings.daily_limit,
