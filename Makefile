@@ -2,12 +2,14 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help test deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check
+.PHONY: help test deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
+	images standins up down logs e2e
 
 help: ## list the verbs
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 test: deps ## run every test (starts a local Redis and MariaDB first)
+	cargo build --workspace --bins
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \
@@ -43,3 +45,25 @@ lint: ## formatting and clippy, as CI runs them
 	cargo clippy --workspace --all-targets -- -D warnings
 
 check: lint test ## what CI runs
+
+# --- containers (compose.yaml, docker/, deploy/docker/) ---------------------------------
+# The v2 plugin where there is one, else Debian's docker-compose.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+images: ## build the service images (EXTRA_CA_CERT=bundle.crt to trust a proxy's CA in builds)
+	deploy/docker/build.sh
+
+standins: ## build local stand-ins for the base and third-party images (no registry reachable)
+	deploy/docker/standins.sh
+
+up: images ## run everything in containers and wait until healthy (UI http://localhost:8080)
+	deploy/docker/up.sh
+
+down: ## stop the containers and delete their volumes and network
+	$(COMPOSE) --profile observability down --volumes --remove-orphans
+
+logs: ## follow the containers' logs (make logs s=gateway for one)
+	$(COMPOSE) logs -f $(s)
+
+e2e: ## build the images, start the stack, drive it over HTTP, tear it all down
+	deploy/e2e/run.sh
