@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -157,6 +158,10 @@ pub enum Upstream {
     ServerError,
     /// Waits this long, then echoes.
     Slow(Duration),
+    /// This reply; streamed with a pause before every chunk after the first.
+    Streamed { text: String, chunk_delay: Duration },
+    /// Streams this reply but cuts the connection after `after_chunks` content chunks.
+    BrokenStream { text: String, after_chunks: usize },
 }
 
 #[derive(Default)]
@@ -166,6 +171,8 @@ struct FakeState {
     fallback: Mutex<Option<Upstream>>,
     /// Every request body received, for assertions on what the provider saw.
     requests: Mutex<Vec<Value>>,
+    /// Streams whose client went away before the end.
+    cancelled_streams: AtomicUsize,
 }
 
 /// A real HTTP server on 127.0.0.1 speaking OpenAI's Chat Completions API.
@@ -210,6 +217,11 @@ impl FakeOpenAi {
     pub fn requests(&self) -> Vec<Value> {
         lock(&self.state.requests).clone()
     }
+
+    /// How many streamed answers the client abandoned before their end.
+    pub fn cancelled_streams(&self) -> usize {
+        self.state.cancelled_streams.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FakeOpenAi {
@@ -248,12 +260,22 @@ async fn chat_completions(
         .pop_front()
         .or_else(|| lock(&state.fallback).clone())
         .unwrap_or(Upstream::Echo);
+    let mut pace = Duration::ZERO;
+    let mut break_after = None;
     let reply = match behaviour {
         Upstream::Echo => None,
         Upstream::Reply(text) => Some(text),
         Upstream::Slow(delay) => {
             tokio::time::sleep(delay).await;
             None
+        }
+        Upstream::Streamed { text, chunk_delay } => {
+            pace = chunk_delay;
+            Some(text)
+        }
+        Upstream::BrokenStream { text, after_chunks } => {
+            break_after = Some(after_chunks);
+            Some(text)
         }
         Upstream::RateLimited => {
             let body = error_body(
@@ -291,6 +313,27 @@ async fn chat_completions(
     });
     let prompt_tokens = tokens::count_prompt(contents.iter().copied());
     let completion_tokens = tokens::count(&reply);
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens
+    });
+    let model = body["model"].as_str().unwrap_or("fake-model").to_owned();
+    if body["stream"] == true {
+        let include_usage = body["stream_options"]["include_usage"] == true;
+        let stream = StreamPlan::new(
+            &reply,
+            &model,
+            include_usage.then_some(usage),
+            pace,
+            break_after,
+        );
+        return (
+            [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+            axum::body::Body::from_stream(stream.into_stream(state)),
+        )
+            .into_response();
+    }
     let body = json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -301,11 +344,110 @@ async fn chat_completions(
             "message": {"role": "assistant", "content": reply},
             "finish_reason": "stop"
         }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens
-        }
+        "usage": usage
     });
     Json(body).into_response()
+}
+
+/// The server-sent events of one streamed answer, as OpenAI sends them: a role chunk,
+/// one chunk per word, a finish chunk, the usage chunk when asked for, `[DONE]`.
+struct StreamPlan {
+    events: Vec<String>,
+    pace: Duration,
+    /// Index of the event before which the connection is cut, if it is.
+    cut_at: Option<usize>,
+}
+
+impl StreamPlan {
+    fn new(
+        reply: &str,
+        model: &str,
+        usage: Option<Value>,
+        pace: Duration,
+        break_after: Option<usize>,
+    ) -> Self {
+        let chunk = |delta: Value, finish: Value| {
+            json!({
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+            })
+        };
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        events.extend(
+            reply
+                .split_inclusive(' ')
+                .map(|word| chunk(json!({"content": word}), Value::Null)),
+        );
+        events.push(chunk(json!({}), json!("stop")));
+        if let Some(usage) = usage {
+            events.push(json!({
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [],
+                "usage": usage
+            }));
+        }
+        let mut events: Vec<String> = events
+            .iter()
+            .map(|event| format!("data: {event}\n\n"))
+            .collect();
+        events.push("data: [DONE]\n\n".to_owned());
+        Self {
+            events,
+            pace,
+            cut_at: break_after.map(|chunks| chunks + 1),
+        }
+    }
+
+    fn into_stream(
+        self,
+        state: Arc<FakeState>,
+    ) -> impl futures::Stream<Item = Result<String, std::io::Error>> + Send {
+        let guard = CancelGuard {
+            state,
+            finished: false,
+        };
+        futures::stream::unfold(
+            (self, 0usize, guard),
+            |(plan, index, mut guard)| async move {
+                if plan.cut_at == Some(index) {
+                    // Let what was sent reach the client first, as on a real network.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    guard.finished = true; // a deliberate cut, not a cancellation
+                    let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut");
+                    return Some((Err(cut), (plan, usize::MAX, guard)));
+                }
+                let event = plan.events.get(index)?.clone();
+                if index > 1 && !plan.pace.is_zero() {
+                    tokio::time::sleep(plan.pace).await;
+                }
+                if index + 1 == plan.events.len() {
+                    guard.finished = true;
+                }
+                Some((Ok(event), (plan, index + 1, guard)))
+            },
+        )
+    }
+}
+
+/// Counts a stream dropped before its last event: the client cancelled it.
+struct CancelGuard {
+    state: Arc<FakeState>,
+    finished: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.cancelled_streams.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }

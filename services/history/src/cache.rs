@@ -17,6 +17,9 @@ pub struct CachedMessage {
     pub role: String,
     pub text: String,
     pub created_at_unix_ms: i64,
+    /// A reply cut short; absent in entries cached before the field existed.
+    #[serde(default)]
+    pub incomplete: bool,
 }
 
 pub struct Cache {

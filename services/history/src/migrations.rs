@@ -11,6 +11,8 @@ struct Migration {
     /// Indexes to add when missing, as (table, index, columns): MySQL 8 has no
     /// `CREATE INDEX IF NOT EXISTS`.
     indexes: &'static [(&'static str, &'static str, &'static str)],
+    /// Columns to add when missing, as (table, column, definition).
+    columns: &'static [(&'static str, &'static str, &'static str)],
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -19,12 +21,25 @@ const MIGRATIONS: &[Migration] = &[
         name: "create_chat_history",
         sql: include_str!("../../../deploy/mysql/migrations/0001_create_chat_history.sql"),
         indexes: &[],
+        columns: &[],
     },
     Migration {
         version: 2,
         name: "upgrade_original_table",
         sql: include_str!("../../../deploy/mysql/migrations/0002_upgrade_original_table.sql"),
         indexes: &[("chat_history", "idx_chat_history_user_id_id", "user_id, id")],
+        columns: &[],
+    },
+    Migration {
+        version: 3,
+        name: "incomplete_replies",
+        sql: include_str!("../../../deploy/mysql/migrations/0003_incomplete_replies.sql"),
+        indexes: &[],
+        columns: &[(
+            "chat_history",
+            "incomplete",
+            "BOOLEAN NOT NULL DEFAULT FALSE",
+        )],
     },
 ];
 
@@ -70,6 +85,22 @@ async fn apply_pending(connection: &mut Conn) -> anyhow::Result<usize> {
                     migration.name
                 )
             })?;
+        }
+        for (table, column, definition) in migration.columns {
+            let exists: Option<i64> = connection
+                .exec_first(
+                    "SELECT COUNT(*) FROM information_schema.columns
+                     WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
+                    (table, column),
+                )
+                .await?;
+            if exists.unwrap_or(0) == 0 {
+                connection
+                    .query_drop(format!(
+                        "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                    ))
+                    .await?;
+            }
         }
         for (table, index, columns) in migration.indexes {
             let exists: Option<i64> = connection
@@ -132,6 +163,7 @@ mod tests {
     fn every_migration_splits_into_statements() {
         assert_eq!(statements(MIGRATIONS[0].sql).len(), 1);
         assert_eq!(statements(MIGRATIONS[1].sql).len(), 2);
+        assert_eq!(statements(MIGRATIONS[2].sql).len(), 1);
         assert!(
             MIGRATIONS
                 .windows(2)

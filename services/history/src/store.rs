@@ -82,19 +82,20 @@ impl History {
     async fn insert(
         &self,
         user_id: &str,
-        messages: &[(Role, String)],
+        messages: &[(Role, String, bool)],
     ) -> Result<Vec<CachedMessage>, Status> {
         let now_ms = unix_now_ms();
-        let placeholders = vec!["(?, ?, ?, FROM_UNIXTIME(? / 1000))"; messages.len()].join(", ");
+        let placeholders = vec!["(?, ?, ?, FROM_UNIXTIME(? / 1000), ?)"; messages.len()].join(", ");
         let sql = format!(
-            "INSERT INTO chat_history (user_id, role, text, created_at) VALUES {placeholders}"
+            "INSERT INTO chat_history (user_id, role, text, created_at, incomplete) VALUES {placeholders}"
         );
-        let mut params = Vec::with_capacity(messages.len() * 4);
-        for (role, text) in messages {
+        let mut params = Vec::with_capacity(messages.len() * 5);
+        for (role, text, incomplete) in messages {
             params.push(Value::from(user_id));
             params.push(Value::from(role_name(*role)));
             params.push(Value::from(text.as_str()));
             params.push(Value::from(now_ms));
+            params.push(Value::from(*incomplete));
         }
         let mut connection = self.mysql().await?;
         let insert = async {
@@ -113,11 +114,12 @@ impl History {
         Ok(messages
             .iter()
             .zip(first_id..)
-            .map(|((role, text), id)| CachedMessage {
+            .map(|((role, text, incomplete), id)| CachedMessage {
                 id: id as i64,
                 role: role_name(*role).to_owned(),
                 text: text.clone(),
                 created_at_unix_ms: now_ms,
+                incomplete: *incomplete,
             })
             .collect())
     }
@@ -128,13 +130,13 @@ impl History {
         limit: u32,
     ) -> Result<Vec<CachedMessage>, Status> {
         let mut connection = self.mysql().await?;
-        let rows: Vec<(i64, String, String, i64)> = tokio::time::timeout(
+        let rows: Vec<(i64, String, String, i64, bool)> = tokio::time::timeout(
             self.inner.timeout,
             chat_common::observe::db(
                 "mysql",
                 "select",
                 connection.exec(
-                    "SELECT id, role, text, CAST(UNIX_TIMESTAMP(created_at) * 1000 AS SIGNED)
+                    "SELECT id, role, text, CAST(UNIX_TIMESTAMP(created_at) * 1000 AS SIGNED), incomplete
                      FROM chat_history WHERE user_id = ? ORDER BY id DESC LIMIT ?",
                     (user_id, limit),
                 ),
@@ -145,12 +147,15 @@ impl History {
         .map_err(store_error)?;
         Ok(rows
             .into_iter()
-            .map(|(id, role, text, created_at_unix_ms)| CachedMessage {
-                id,
-                role,
-                text,
-                created_at_unix_ms,
-            })
+            .map(
+                |(id, role, text, created_at_unix_ms, incomplete)| CachedMessage {
+                    id,
+                    role,
+                    text,
+                    created_at_unix_ms,
+                    incomplete,
+                },
+            )
             .collect())
     }
 
@@ -204,7 +209,9 @@ impl HistoryService for History {
             .messages
             .iter()
             .map(|message| match message.role() {
-                role @ (Role::User | Role::Assistant) => Ok((role, message.text.clone())),
+                role @ (Role::User | Role::Assistant) => {
+                    Ok((role, message.text.clone(), message.incomplete))
+                }
                 _ => Err(Status::invalid_argument(
                     "only user and assistant messages are kept",
                 )),
@@ -237,6 +244,7 @@ impl HistoryService for History {
                 role: role_from_name(&message.role).into(),
                 text: message.text,
                 created_at_unix_ms: message.created_at_unix_ms,
+                incomplete: message.incomplete,
             })
             .collect();
         Ok(Response::new(ListResponse {

@@ -23,6 +23,7 @@ async fn save(history: &History, user: &str, turns: &[(Role, &str)]) -> anyhow::
         .map(|(role, text)| NewMessage {
             role: (*role).into(),
             text: (*text).into(),
+            incomplete: false,
         })
         .collect();
     Ok(history
@@ -190,5 +191,36 @@ async fn bad_requests_are_invalid_arguments() -> anyhow::Result<()> {
         listed.map(|status| status.code()),
         Some(tonic::Code::InvalidArgument)
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_incomplete_reply_stays_marked_in_mysql_and_in_the_cache() -> anyhow::Result<()> {
+    let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
+    let history = History::connect(&settings(&db, &redis)).await?;
+    let messages = vec![
+        NewMessage {
+            role: Role::User.into(),
+            text: "tell me a long story".into(),
+            incomplete: false,
+        },
+        NewMessage {
+            role: Role::Assistant.into(),
+            text: "Once upon a".into(),
+            incomplete: true,
+        },
+    ];
+    history
+        .save(Request::new(SaveRequest {
+            user_id: "u1".into(),
+            messages,
+        }))
+        .await?;
+    for expect_cache in [false, true] {
+        let listed = list(&history, "u1", 0).await?;
+        assert_eq!(listed.from_cache, expect_cache);
+        let flags: Vec<bool> = listed.messages.iter().map(|m| m.incomplete).collect();
+        assert_eq!(flags, [false, true]);
+    }
     Ok(())
 }

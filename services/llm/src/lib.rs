@@ -43,6 +43,8 @@ pub struct Settings {
     pub llm_max_retries: u32,
     /// First backoff after a rate limit; doubled each retry, with jitter (`LLM_RETRY_BASE_MS`).
     pub llm_retry_base_ms: u64,
+    /// Pause between the mock provider's streamed words (`MOCK_CHUNK_DELAY_MS`).
+    pub mock_chunk_delay_ms: u64,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             llm_timeout_ms: 12_000,
             llm_max_retries: 4,
             llm_retry_base_ms: 250,
+            mock_chunk_delay_ms: 30,
         }
     }
 }
@@ -77,6 +80,7 @@ pub async fn run(
     chat_common::metrics::spawn_server(&settings.llm_metrics_listen).await?;
     // Series that only move on rare events exist from the start, at zero.
     metrics::counter!("llm_retries_total", "model" => settings.openai_model.clone()).increment(0);
+    metrics::counter!("llm_streams_cancelled_total").increment(0);
     let llm = Llm::new(&settings)?;
     chat_common::tokens::warm_up();
     let (reporter, health) = chat_common::grpc::health();

@@ -1,4 +1,10 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
@@ -7,11 +13,12 @@ use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest, CreateChatCompletionResponse,
+    ChatCompletionResponseStream, ChatCompletionStreamOptions, CreateChatCompletionRequest,
+    CreateChatCompletionResponse,
 };
 use chat_common::tokens;
 use chat_proto::llm_service_server::LlmService;
-use chat_proto::{ChatMessage, CompleteRequest, CompleteResponse, Role, Usage};
+use chat_proto::{ChatMessage, CompleteChunk, CompleteRequest, CompleteResponse, Role, Usage};
 use metrics::{counter, histogram};
 use secrecy::{ExposeSecret, SecretString};
 use tonic::{Code, Request, Response, Status};
@@ -38,6 +45,60 @@ pub struct Llm {
     default_timeout: Duration,
     max_retries: u32,
     retry_base: Duration,
+    /// Pause between the mock's streamed words, so streaming is visible without a key.
+    mock_chunk_delay: Duration,
+}
+
+/// The chunks of a streamed completion, as the gRPC response stream.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<CompleteChunk, Status>> + Send>>;
+
+/// A call in progress: its span, and what to record when it ends.
+struct Call {
+    span: tracing::Span,
+    requested_model: String,
+    started: Instant,
+}
+
+impl Call {
+    /// Records the outcome of the call on its span and in the metrics.
+    fn finish(&self, outcome: &'static str, model: &str, usage: Option<Usage>) {
+        histogram!("llm_request_duration_seconds", "model" => self.requested_model.clone(), "outcome" => outcome)
+            .record(self.started.elapsed());
+        if outcome != "ok" {
+            self.span.record("otel.status_code", "ERROR");
+            self.span.record("error.type", outcome);
+        }
+        let Some(usage) = usage else {
+            return;
+        };
+        self.span.record("gen_ai.response.model", model);
+        self.span
+            .record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+        self.span
+            .record("gen_ai.usage.output_tokens", usage.completion_tokens);
+        counter!("llm_tokens_total", "model" => model.to_owned(), "kind" => "prompt")
+            .increment(usage.prompt_tokens.max(0) as u64);
+        counter!("llm_tokens_total", "model" => model.to_owned(), "kind" => "completion")
+            .increment(usage.completion_tokens.max(0) as u64);
+        tracing::info!(
+            parent: &self.span,
+            model,
+            outcome,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "completion"
+        );
+    }
+}
+
+fn outcome_of(status: &Status) -> &'static str {
+    match status.code() {
+        Code::ResourceExhausted => "rate_limited",
+        Code::FailedPrecondition => "insufficient_quota",
+        Code::DeadlineExceeded => "timeout",
+        _ => "error",
+    }
 }
 
 enum Provider {
@@ -90,6 +151,7 @@ impl Llm {
             default_timeout: settings.default_timeout(),
             max_retries: settings.llm_max_retries,
             retry_base: Duration::from_millis(settings.llm_retry_base_ms),
+            mock_chunk_delay: Duration::from_millis(settings.mock_chunk_delay_ms),
         };
         match llm.kind() {
             ProviderKind::OpenAi => tracing::info!(
@@ -111,26 +173,32 @@ impl Llm {
         }
     }
 
-    async fn complete_openai(
-        &self,
-        client: &Client<OpenAIConfig>,
-        api_key: &SecretString,
-        request: &CompleteRequest,
-        deadline: Instant,
-    ) -> Result<CompleteResponse, Status> {
-        let body = CreateChatCompletionRequest {
+    fn openai_body(&self, request: &CompleteRequest) -> CreateChatCompletionRequest {
+        CreateChatCompletionRequest {
             model: self.model.clone(),
             messages: request.messages.iter().map(to_openai).collect(),
             max_completion_tokens: Some(self.max_tokens(request)),
             ..CreateChatCompletionRequest::default()
-        };
+        }
+    }
+
+    /// Makes one provider call, retrying rate limits and overload with backoff while
+    /// the deadline allows, and maps what it cannot retry to a status.
+    async fn with_retries<T, Fut>(
+        &self,
+        api_key: &SecretString,
+        deadline: Instant,
+        attempt: impl Fn() -> Fut,
+    ) -> Result<T, Status>
+    where
+        Fut: Future<Output = Result<T, OpenAIError>>,
+    {
         let scrub = |text: String| scrub_secret(&text, api_key.expose_secret());
         let mut retries = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let failure = match tokio::time::timeout(left, client.chat().create(body.clone())).await
-            {
-                Ok(Ok(answer)) => return Ok(from_openai(answer, request)),
+            let failure = match tokio::time::timeout(left, attempt()).await {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(error)) => classify(error),
                 Err(_) => {
                     return Err(Status::deadline_exceeded(
@@ -166,65 +234,8 @@ impl Llm {
         }
     }
 
-    fn complete_mock(&self, request: &CompleteRequest) -> CompleteResponse {
-        let said = request
-            .messages
-            .iter()
-            .rev()
-            .find(|message| message.role() == Role::User)
-            .map_or("", |message| message.content.as_str());
-        let earlier = request.messages.len().saturating_sub(1);
-        let reply = format!(
-            "[mock] This is the built-in mock provider (no OPENAI_API_KEY is set), \
-             with {earlier} earlier message(s) in context. You said: {said}"
-        );
-        let prompt_tokens = tokens::count_prompt(
-            request
-                .messages
-                .iter()
-                .map(|message| message.content.as_str()),
-        ) as i64;
-        let completion_tokens = tokens::count(&reply) as i64;
-        CompleteResponse {
-            reply,
-            usage: Some(Usage {
-                prompt_tokens,
-                completion_tokens,
-                total_tokens: prompt_tokens + completion_tokens,
-            }),
-            model: "mock".to_owned(),
-        }
-    }
-
-    fn max_tokens(&self, request: &CompleteRequest) -> u32 {
-        if request.max_tokens == 0 {
-            self.max_output_tokens
-        } else {
-            request.max_tokens
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl LlmService for Llm {
-    async fn complete(
-        &self,
-        request: Request<CompleteRequest>,
-    ) -> Result<Response<CompleteResponse>, Status> {
-        let budget = chat_common::grpc::deadline_of(&request)
-            .unwrap_or(self.default_timeout)
-            .saturating_sub(DEADLINE_MARGIN);
-        let deadline = Instant::now() + budget;
-        let request = request.into_inner();
-        let ends_with_user = request
-            .messages
-            .last()
-            .is_some_and(|message| message.role() == Role::User && !message.content.is_empty());
-        if !ends_with_user {
-            return Err(Status::invalid_argument(
-                "messages must end with a non-empty user message",
-            ));
-        }
+    /// The span and bookkeeping of one call.
+    fn start_call(&self, request: &CompleteRequest, streamed: bool) -> Call {
         let (system, requested_model) = match self.provider {
             Provider::OpenAi { .. } => ("openai", self.model.as_str()),
             Provider::Mock => ("mock", "mock"),
@@ -238,54 +249,291 @@ impl LlmService for Llm {
             gen_ai.provider.name = system,
             gen_ai.operation.name = "chat",
             gen_ai.request.model = requested_model,
-            gen_ai.request.max_tokens = self.max_tokens(&request),
+            gen_ai.request.max_tokens = self.max_tokens(request),
             gen_ai.response.model = Empty,
             gen_ai.usage.input_tokens = Empty,
             gen_ai.usage.output_tokens = Empty,
             error.type = Empty,
+            streamed,
+            user_id = %request.user_id,
         );
-        let started = Instant::now();
+        Call {
+            span,
+            requested_model: requested_model.to_owned(),
+            started: Instant::now(),
+        }
+    }
+
+    fn complete_mock(&self, request: &CompleteRequest) -> CompleteResponse {
+        let reply = mock_reply(request);
+        CompleteResponse {
+            usage: Some(counted_usage(request, &reply)),
+            reply,
+            model: "mock".to_owned(),
+        }
+    }
+
+    fn max_tokens(&self, request: &CompleteRequest) -> u32 {
+        if request.max_tokens == 0 {
+            self.max_output_tokens
+        } else {
+            request.max_tokens
+        }
+    }
+
+    /// Streams a completion from the provider into `sender` until it ends, fails, or
+    /// the caller goes away; then drops the upstream stream, which cancels the request.
+    async fn relay_openai(
+        call: Call,
+        request: CompleteRequest,
+        mut upstream: ChatCompletionResponseStream,
+        sender: mpsc::Sender<Result<CompleteChunk, Status>>,
+    ) {
+        let mut reply = String::new();
+        let mut usage = None;
+        let mut model = call.requested_model.clone();
+        loop {
+            let next = tokio::select! {
+                () = sender.closed() => {
+                    counter!("llm_streams_cancelled_total").increment(1);
+                    let counted = counted_usage(&request, &reply);
+                    call.finish("cancelled", &model, Some(counted));
+                    return;
+                }
+                next = upstream.next() => next,
+            };
+            match next {
+                None => break,
+                Some(Ok(chunk)) => {
+                    if !chunk.model.is_empty() {
+                        model = chunk.model;
+                    }
+                    if let Some(reported) = chunk.usage {
+                        usage = Some(Usage {
+                            prompt_tokens: i64::from(reported.prompt_tokens),
+                            completion_tokens: i64::from(reported.completion_tokens),
+                            total_tokens: i64::from(reported.total_tokens),
+                        });
+                    }
+                    for delta in chunk
+                        .choices
+                        .into_iter()
+                        .filter_map(|choice| choice.delta.content)
+                    {
+                        if delta.is_empty() {
+                            continue;
+                        }
+                        reply.push_str(&delta);
+                        let sent = sender
+                            .send(Ok(CompleteChunk {
+                                delta,
+                                ..CompleteChunk::default()
+                            }))
+                            .await;
+                        if sent.is_err() {
+                            counter!("llm_streams_cancelled_total").increment(1);
+                            call.finish("cancelled", &model, Some(counted_usage(&request, &reply)));
+                            return;
+                        }
+                    }
+                }
+                Some(Err(error)) => {
+                    let detail = match classify(error) {
+                        Failure::Transient(detail)
+                        | Failure::InsufficientQuota(detail)
+                        | Failure::Permanent(detail) => detail,
+                    };
+                    call.finish("error", &model, Some(counted_usage(&request, &reply)));
+                    let _ = sender
+                        .send(Err(Status::unavailable(format!(
+                            "the provider's stream broke: {detail}"
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+        }
+        // Compatible servers that ignore `include_usage` report nothing: count it.
+        let usage = usage.unwrap_or_else(|| counted_usage(&request, &reply));
+        call.finish("ok", &model, Some(usage));
+        let _ = sender
+            .send(Ok(CompleteChunk {
+                delta: String::new(),
+                usage: Some(usage),
+                model,
+            }))
+            .await;
+    }
+
+    /// The mock, streamed word by word.
+    async fn relay_mock(
+        call: Call,
+        request: CompleteRequest,
+        pause: Duration,
+        sender: mpsc::Sender<Result<CompleteChunk, Status>>,
+    ) {
+        let reply = mock_reply(&request);
+        for (index, word) in reply.split_inclusive(' ').enumerate() {
+            if index > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            let chunk = CompleteChunk {
+                delta: word.to_owned(),
+                ..CompleteChunk::default()
+            };
+            if sender.send(Ok(chunk)).await.is_err() {
+                counter!("llm_streams_cancelled_total").increment(1);
+                call.finish("cancelled", "mock", None);
+                return;
+            }
+        }
+        let usage = counted_usage(&request, &reply);
+        call.finish("ok", "mock", Some(usage));
+        let _ = sender
+            .send(Ok(CompleteChunk {
+                delta: String::new(),
+                usage: Some(usage),
+                model: "mock".to_owned(),
+            }))
+            .await;
+    }
+}
+
+/// What a completion costs when the provider did not say: the prompt and the reply
+/// counted with the tokenizer.
+fn counted_usage(request: &CompleteRequest, reply: &str) -> Usage {
+    let prompt_tokens = tokens::count_prompt(
+        request
+            .messages
+            .iter()
+            .map(|message| message.content.as_str()),
+    ) as i64;
+    let completion_tokens = tokens::count(reply) as i64;
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    }
+}
+
+/// The mock's deterministic answer: it says it is the mock, how much context it saw,
+/// and what the user said.
+fn mock_reply(request: &CompleteRequest) -> String {
+    let said = request
+        .messages
+        .iter()
+        .rev()
+        .find(|message| message.role() == Role::User)
+        .map_or("", |message| message.content.as_str());
+    let earlier = request.messages.len().saturating_sub(1);
+    format!(
+        "[mock] This is the built-in mock provider (no OPENAI_API_KEY is set), \
+         with {earlier} earlier message(s) in context. You said: {said}"
+    )
+}
+
+impl Llm {
+    /// The deadline of a call: the caller's, less a margin, or the default.
+    fn deadline<T>(&self, request: &Request<T>) -> Instant {
+        let budget = chat_common::grpc::deadline_of(request)
+            .unwrap_or(self.default_timeout)
+            .saturating_sub(DEADLINE_MARGIN);
+        Instant::now() + budget
+    }
+}
+
+fn check(request: &CompleteRequest) -> Result<(), Status> {
+    let ends_with_user = request
+        .messages
+        .last()
+        .is_some_and(|message| message.role() == Role::User && !message.content.is_empty());
+    if ends_with_user {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "messages must end with a non-empty user message",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl LlmService for Llm {
+    async fn complete(
+        &self,
+        request: Request<CompleteRequest>,
+    ) -> Result<Response<CompleteResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        check(&request)?;
+        let call = self.start_call(&request, false);
         let answer = match &self.provider {
             Provider::OpenAi { client, api_key } => {
-                self.complete_openai(client, api_key, &request, deadline)
-                    .instrument(span.clone())
-                    .await
+                let body = self.openai_body(&request);
+                self.with_retries(api_key, deadline, || {
+                    let body = body.clone();
+                    async move { client.chat().create(body).await }
+                })
+                .instrument(call.span.clone())
+                .await
+                .map(|answer| from_openai(answer, &request))
             }
             Provider::Mock => Ok(self.complete_mock(&request)),
         };
-        let outcome = match &answer {
-            Ok(_) => "ok",
-            Err(status) => match status.code() {
-                Code::ResourceExhausted => "rate_limited",
-                Code::FailedPrecondition => "insufficient_quota",
-                Code::DeadlineExceeded => "timeout",
-                _ => "error",
-            },
-        };
-        histogram!("llm_request_duration_seconds", "model" => requested_model.to_owned(), "outcome" => outcome)
-            .record(started.elapsed());
-        let answer = answer.inspect_err(|_| {
-            span.record("otel.status_code", "ERROR");
-            span.record("error.type", outcome);
-        })?;
-        let usage = answer.usage.unwrap_or_default();
-        span.record("gen_ai.response.model", answer.model.as_str());
-        span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
-        span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
-        let model = answer.model.clone();
-        counter!("llm_tokens_total", "model" => model.clone(), "kind" => "prompt")
-            .increment(usage.prompt_tokens.max(0) as u64);
-        counter!("llm_tokens_total", "model" => model, "kind" => "completion")
-            .increment(usage.completion_tokens.max(0) as u64);
-        tracing::info!(
-            user_id = %request.user_id,
-            model = %answer.model,
-            prompt_tokens = usage.prompt_tokens,
-            completion_tokens = usage.completion_tokens,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "completion"
-        );
-        Ok(Response::new(answer))
+        match answer {
+            Ok(answer) => {
+                call.finish("ok", &answer.model, answer.usage);
+                Ok(Response::new(answer))
+            }
+            Err(status) => {
+                call.finish(outcome_of(&status), &call.requested_model, None);
+                Err(status)
+            }
+        }
+    }
+
+    type CompleteStreamStream = ChunkStream;
+
+    async fn complete_stream(
+        &self,
+        request: Request<CompleteRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        check(&request)?;
+        let call = self.start_call(&request, true);
+        let span = call.span.clone();
+        let (sender, receiver) = mpsc::channel(32);
+        match &self.provider {
+            Provider::OpenAi { client, api_key } => {
+                let mut body = self.openai_body(&request);
+                body.stream = Some(true);
+                body.stream_options = Some(ChatCompletionStreamOptions {
+                    include_usage: Some(true),
+                    ..ChatCompletionStreamOptions::default()
+                });
+                let opened = self
+                    .with_retries(api_key, deadline, || {
+                        let body = body.clone();
+                        async move { client.chat().create_stream(body).await }
+                    })
+                    .instrument(span.clone())
+                    .await;
+                let upstream = match opened {
+                    Ok(upstream) => upstream,
+                    Err(status) => {
+                        call.finish(outcome_of(&status), &call.requested_model, None);
+                        return Err(status);
+                    }
+                };
+                tokio::spawn(Self::relay_openai(call, request, upstream, sender).instrument(span));
+            }
+            Provider::Mock => {
+                tokio::spawn(
+                    Self::relay_mock(call, request, self.mock_chunk_delay, sender).instrument(span),
+                );
+            }
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
 
@@ -316,20 +564,7 @@ fn from_openai(
         },
         // Some compatible servers report no usage: count it ourselves rather than
         // charge nothing.
-        None => {
-            let prompt_tokens = tokens::count_prompt(
-                request
-                    .messages
-                    .iter()
-                    .map(|message| message.content.as_str()),
-            ) as i64;
-            let completion_tokens = tokens::count(&reply) as i64;
-            Usage {
-                prompt_tokens,
-                completion_tokens,
-                total_tokens: prompt_tokens + completion_tokens,
-            }
-        }
+        None => counted_usage(request, &reply),
     };
     CompleteResponse {
         reply,

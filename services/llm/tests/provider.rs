@@ -168,3 +168,115 @@ fn an_openai_provider_without_a_key_stops_the_service() {
     .unwrap_or_default();
     assert!(error.contains("OPENAI_API_KEY"), "{error}");
 }
+
+/// Collects a streamed completion: the text, and the final chunk's usage.
+async fn collect(
+    llm: &Llm,
+) -> anyhow::Result<(
+    Vec<String>,
+    Option<chat_proto::Usage>,
+    String,
+    Option<tonic::Status>,
+)> {
+    use futures::StreamExt;
+    let mut chunks = llm
+        .complete_stream(chat_common::grpc::request(
+            conversation(),
+            Duration::from_secs(5),
+        ))
+        .await?
+        .into_inner();
+    let (mut deltas, mut usage, mut model, mut error) = (Vec::new(), None, String::new(), None);
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) if chunk.usage.is_some() => {
+                usage = chunk.usage;
+                model = chunk.model;
+            }
+            Ok(chunk) => deltas.push(chunk.delta),
+            Err(status) => {
+                error = Some(status);
+                break;
+            }
+        }
+    }
+    Ok((deltas, usage, model, error))
+}
+
+#[tokio::test]
+async fn a_streamed_completion_arrives_in_pieces_then_the_provider_usage() -> anyhow::Result<()> {
+    let fake = FakeOpenAi::start().await?;
+    let (deltas, usage, model, error) = collect(&llm(&fake)?).await?;
+    assert!(error.is_none(), "{error:?}");
+    assert!(deltas.len() > 1, "{deltas:?}");
+    assert_eq!(deltas.concat(), "echo: what is my name?");
+    assert_eq!(model, "gpt-test");
+    let usage = usage.unwrap_or_default();
+    assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+    let sent = &fake.requests()[0];
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_half_way_ends_in_an_error_after_its_text() -> anyhow::Result<()> {
+    let fake = FakeOpenAi::start().await?;
+    fake.then([Upstream::BrokenStream {
+        text: "one two three four five".into(),
+        after_chunks: 2,
+    }]);
+    let (deltas, usage, _, error) = collect(&llm(&fake)?).await?;
+    assert_eq!(deltas.concat(), "one two ");
+    assert!(usage.is_none());
+    assert_eq!(error.map(|status| status.code()), Some(Code::Unavailable));
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_upstream_request() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let fake = FakeOpenAi::start().await?;
+    fake.then([Upstream::Streamed {
+        text: "a b c d e f g h i j k l m n o p".into(),
+        chunk_delay: Duration::from_millis(100),
+    }]);
+    let llm = llm(&fake)?;
+    let mut chunks = llm
+        .complete_stream(chat_common::grpc::request(
+            conversation(),
+            Duration::from_secs(5),
+        ))
+        .await?
+        .into_inner();
+    let first = chunks.next().await.transpose()?;
+    assert_eq!(first.map(|chunk| chunk.delta).as_deref(), Some("a "));
+    drop(chunks);
+    for _ in 0..50 {
+        if fake.cancelled_streams() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        fake.cancelled_streams(),
+        1,
+        "the provider saw the request cancelled"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_mock_streams_too() -> anyhow::Result<()> {
+    let llm = Llm::new(&Settings {
+        mock_chunk_delay_ms: 0,
+        ..Settings::default()
+    })?;
+    let (deltas, usage, model, error) = collect(&llm).await?;
+    assert!(error.is_none());
+    assert!(deltas.len() > 5);
+    assert!(deltas.concat().contains("You said: what is my name?"));
+    assert_eq!(model, "mock");
+    assert!(usage.is_some_and(|usage| usage.total_tokens > 0));
+    Ok(())
+}
