@@ -83,6 +83,38 @@ where
     F: FnOnce(Request<M>) -> Fut,
     Fut: Future<Output = Result<Response<T>, Status>>,
 {
+    observed_call(service, method, deadline, true, message, call).await
+}
+
+/// Opens a server-streaming gRPC call as a client, traced and counted like [`unary`].
+/// `deadline` bounds only the opening (until the server answers with its headers): the
+/// stream itself may run longer, and the caller bounds the wait for each message.
+pub async fn server_streaming<M, T, F, Fut>(
+    service: &'static str,
+    method: &'static str,
+    deadline: Duration,
+    message: M,
+    call: F,
+) -> Result<tonic::Streaming<T>, Status>
+where
+    F: FnOnce(Request<M>) -> Fut,
+    Fut: Future<Output = Result<Response<tonic::Streaming<T>>, Status>>,
+{
+    observed_call(service, method, deadline, false, message, call).await
+}
+
+async fn observed_call<M, T, F, Fut>(
+    service: &'static str,
+    method: &'static str,
+    deadline: Duration,
+    send_deadline: bool,
+    message: M,
+    call: F,
+) -> Result<T, Status>
+where
+    F: FnOnce(Request<M>) -> Fut,
+    Fut: Future<Output = Result<Response<T>, Status>>,
+{
     let span = tracing::info_span!(
         "grpc call",
         otel.name = format!("{service}/{method}"),
@@ -96,7 +128,9 @@ where
     let started = Instant::now();
     let outcome = async {
         let mut request = Request::new(message);
-        request.set_timeout(deadline);
+        if send_deadline {
+            request.set_timeout(deadline);
+        }
         let context = tracing::Span::current().context();
         global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));

@@ -94,6 +94,32 @@ pub fn init(service: &'static str) -> Telemetry {
     Telemetry { provider }
 }
 
+/// Tracing for tests that run services in-process: real spans and trace ids (so trace
+/// propagation and ids in responses work as in production), nothing exported, and only
+/// warnings logged, through the test harness's capture. Safe to call many times.
+pub fn init_for_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let tracer = provider.tracer("test");
+        global::set_tracer_provider(provider);
+        let _ = tracing_subscriber::registry()
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(LevelFilter::INFO),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(JsonLines)
+                    .with_test_writer()
+                    .with_filter(LevelFilter::WARN),
+            )
+            .try_init();
+    });
+}
+
 /// One JSON object per line: timestamp, level, target, message, the event's fields,
 /// the current span's name, and `trace_id`/`span_id` when inside a traced request.
 struct JsonLines;
@@ -160,4 +186,14 @@ impl Visit for FieldsVisitor<'_> {
         self.0
             .insert(field.name().into(), format!("{value:?}").into());
     }
+}
+
+/// The trace id of the current span, when it has one.
+pub fn current_trace_id() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
 }

@@ -4,15 +4,15 @@
 use std::time::Duration;
 
 use chat_common::grpc::lazy_channel;
-use chat_common::observe::unary;
+use chat_common::observe::{server_streaming, unary};
 use chat_proto::filter_service_client::FilterServiceClient;
 use chat_proto::history_service_client::HistoryServiceClient;
 use chat_proto::llm_service_client::LlmServiceClient;
 use chat_proto::token_service_client::TokenServiceClient;
 use chat_proto::{
-    CompleteRequest, CompleteResponse, FilterRequest, FilterResponse, ListRequest, NewMessage,
-    QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SaveRequest, SettleRequest,
-    SettleResponse, StoredMessage,
+    CompleteChunk, CompleteRequest, CompleteResponse, FilterRequest, FilterResponse, ListRequest,
+    NewMessage, QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SaveRequest,
+    SettleRequest, SettleResponse, StoredMessage,
 };
 use tonic::Status;
 use tonic::transport::Channel;
@@ -114,6 +114,27 @@ impl Backends {
             |request| async move { client.complete(request).await },
         )
         .await
+    }
+
+    /// Opens a streamed completion; the deadline bounds the opening only.
+    pub async fn complete_stream(
+        &self,
+        message: CompleteRequest,
+    ) -> Result<tonic::Streaming<CompleteChunk>, Status> {
+        let mut client = self.llm.clone();
+        server_streaming(
+            LLM,
+            "CompleteStream",
+            self.llm_deadline,
+            message,
+            |request| async move { client.complete_stream(request).await },
+        )
+        .await
+    }
+
+    /// How long to wait for each message of a streamed completion.
+    pub fn llm_deadline(&self) -> Duration {
+        self.llm_deadline
     }
 
     pub async fn save(&self, user_id: &str, messages: Vec<NewMessage>) -> Result<Vec<i64>, Status> {

@@ -6,20 +6,23 @@
 //! messages) → reply
 //! ```
 //!
-//! Once a reservation is granted, the rest runs in a task of its own, so a client that
-//! hangs up mid-chat cannot leave the reservation unsettled or the reply unsaved.
+//! `POST /chat/stream` runs the same path with the model's reply relayed as it is
+//! generated. The route handlers run every chat in a task of its own, so a client that
+//! hangs up mid-chat cannot leave a reservation unsettled or a reply unsaved: a stream
+//! whose client left is cancelled upstream at once, charged for what was generated,
+//! and saved marked incomplete.
 
 use std::time::Duration;
 
 use chat_common::tokens;
 use chat_common::user::validate_user_id;
 use chat_proto::{
-    ChatMessage, CompleteRequest, NewMessage, QuotaState, ReserveRequest, Role, SettleRequest,
-    StoredMessage, Usage,
+    ChatMessage, CompleteChunk, CompleteRequest, NewMessage, QuotaState, ReserveRequest, Role,
+    SettleRequest, StoredMessage, Usage,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
-use tracing::Instrument;
 
 use crate::{ApiError, Backends, Settings};
 
@@ -84,11 +87,24 @@ impl From<&Settings> for Policy {
     }
 }
 
-pub async fn chat(
+/// Everything before the model: validation, filter, context, reservation.
+struct Prepared {
+    backends: Backends,
+    user_id: String,
+    reservation_id: String,
+    cleaned: String,
+    messages: Vec<ChatMessage>,
+    /// The prompt's size by our tokenizer, for charging a reply whose usage never came.
+    prompt_tokens: i64,
+    max_output_tokens: u32,
+    remaining_after_reserve: i64,
+}
+
+async fn prepare(
     backends: &Backends,
     policy: &Policy,
     request: ChatRequest,
-) -> Result<ChatResponse, ApiError> {
+) -> Result<Prepared, ApiError> {
     let ChatRequest { user_id, text } = request;
     validate_user_id(&user_id).map_err(|error| ApiError::InvalidUserId(error.to_string()))?;
     if text.trim().is_empty() {
@@ -134,22 +150,204 @@ pub async fn chat(
     if !reserved.granted {
         return Err(ApiError::QuotaExceeded(quota));
     }
-
-    let open = OpenChat {
+    Ok(Prepared {
         backends: backends.clone(),
         user_id,
         reservation_id,
         cleaned,
         messages,
+        prompt_tokens,
         max_output_tokens: policy.max_output_tokens,
         remaining_after_reserve: quota.remaining,
+    })
+}
+
+/// `POST /chat`: the whole reply at once.
+pub async fn chat(
+    backends: &Backends,
+    policy: &Policy,
+    request: ChatRequest,
+) -> Result<ChatResponse, ApiError> {
+    let prepared = prepare(backends, policy, request).await?;
+    let completion = backends.complete(prepared.completion_request()).await;
+    let used = completion
+        .as_ref()
+        .ok()
+        .and_then(|answer| answer.usage)
+        .map_or(0, |usage| usage.total_tokens);
+    let quota = prepared.settle(used).await;
+    let answer = completion.map_err(ApiError::from_llm)?;
+    let history_saved = prepared.save(&answer.reply, false).await;
+    Ok(ChatResponse {
+        remaining: prepared.remaining(quota),
+        cleaned: prepared.cleaned,
+        reply: answer.reply,
+        usage: answer.usage.unwrap_or_default().into(),
+        model: answer.model,
+        history_saved,
+    })
+}
+
+/// One server-sent event of `POST /chat/stream`.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// First: the cleaned text and the trace id, for the user to find the trace.
+    Start { cleaned: String, trace_id: String },
+    /// Text to append to the reply.
+    Delta(String),
+    /// Last, on success.
+    Done {
+        usage: UsageBody,
+        remaining: i64,
+        model: String,
+        history_saved: bool,
+    },
+    /// Last, when the stream broke after it started; the partial reply was saved.
+    Failed(ApiError),
+}
+
+/// What a streamed chat answers first: its events, or the error that ended it before
+/// the first delta (which keeps its HTTP status).
+pub type StreamHead = Result<mpsc::Receiver<StreamEvent>, ApiError>;
+
+/// How a stream that got past its first chunk ended.
+enum Ending {
+    /// The final chunk arrived, with the usage of the whole completion.
+    Finished { usage: Usage, model: String },
+    /// The client went away.
+    ClientGone,
+    /// The llm service failed or went silent mid-stream.
+    Broken(tonic::Status),
+}
+
+/// `POST /chat/stream`: runs to the end whatever the client does, answering the head
+/// of the stream on `head`.
+pub async fn chat_stream(
+    backends: Backends,
+    policy: Policy,
+    request: ChatRequest,
+    head: oneshot::Sender<StreamHead>,
+) {
+    let prepared = match prepare(&backends, &policy, request).await {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            let _ = head.send(Err(error));
+            return;
+        }
     };
-    tokio::spawn(open.finish().in_current_span())
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "chat task failed");
-            ApiError::dependency("gateway", tonic::Status::internal("chat task failed"))
-        })?
+    let patience = backends.llm_deadline();
+    let opened = backends
+        .complete_stream(prepared.completion_request())
+        .await;
+    let first = match opened {
+        Ok(mut chunks) => match tokio::time::timeout(patience, chunks.message()).await {
+            Ok(Ok(Some(first))) => Ok((chunks, first)),
+            Ok(Ok(None)) => Err(tonic::Status::internal(
+                "the llm stream ended before any text",
+            )),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "no text within the llm deadline",
+            )),
+        },
+        Err(status) => Err(status),
+    };
+    let (mut chunks, first) = match first {
+        Ok(started) => started,
+        Err(status) => {
+            prepared.settle(0).await;
+            let _ = head.send(Err(ApiError::from_llm(status)));
+            return;
+        }
+    };
+
+    let (events, receiver) = mpsc::channel(64);
+    let trace_id = chat_common::telemetry::current_trace_id().unwrap_or_default();
+    let start = StreamEvent::Start {
+        cleaned: prepared.cleaned.clone(),
+        trace_id,
+    };
+    let mut reply = String::new();
+    let ending = if head.send(Ok(receiver)).is_err() || events.send(start).await.is_err() {
+        Ending::ClientGone
+    } else {
+        let mut next = Some(first);
+        loop {
+            let chunk = match next.take() {
+                Some(chunk) => chunk,
+                None => {
+                    let message = tokio::select! {
+                        () = events.closed() => break Ending::ClientGone,
+                        message = tokio::time::timeout(patience, chunks.message()) => message,
+                    };
+                    match message {
+                        Ok(Ok(Some(chunk))) => chunk,
+                        Ok(Ok(None)) => {
+                            break Ending::Broken(tonic::Status::internal(
+                                "the llm stream ended without its usage",
+                            ));
+                        }
+                        Ok(Err(status)) => break Ending::Broken(status),
+                        Err(_) => {
+                            break Ending::Broken(tonic::Status::deadline_exceeded(
+                                "the llm stream went silent",
+                            ));
+                        }
+                    }
+                }
+            };
+            let CompleteChunk {
+                delta,
+                usage,
+                model,
+            } = chunk;
+            if !delta.is_empty() {
+                reply.push_str(&delta);
+                if events.send(StreamEvent::Delta(delta)).await.is_err() {
+                    break Ending::ClientGone;
+                }
+            }
+            if let Some(usage) = usage {
+                break Ending::Finished { usage, model };
+            }
+        }
+    };
+    // Dropping the stream cancels the call, and with it the provider's request.
+    drop(chunks);
+
+    match ending {
+        Ending::Finished { usage, model } => {
+            metrics::counter!("gateway_streams_total", "outcome" => "finished").increment(1);
+            let quota = prepared.settle(usage.total_tokens).await;
+            let history_saved = prepared.save(&reply, false).await;
+            let done = StreamEvent::Done {
+                usage: usage.into(),
+                remaining: prepared.remaining(quota),
+                model,
+                history_saved,
+            };
+            let _ = events.send(done).await;
+        }
+        Ending::ClientGone | Ending::Broken(_) => {
+            // No usage came: charge what was generated, counted with our tokenizer.
+            let used = prepared.prompt_tokens + tokens::count(&reply) as i64;
+            prepared.settle(used).await;
+            prepared.save(&reply, true).await;
+            if let Ending::Broken(status) = ending {
+                metrics::counter!("gateway_streams_total", "outcome" => "broken").increment(1);
+                tracing::warn!(code = ?status.code(), message = %status.message(), "llm stream broke; partial reply saved");
+                let _ = events
+                    .send(StreamEvent::Failed(ApiError::from_llm(status)))
+                    .await;
+            } else {
+                metrics::counter!("gateway_streams_total", "outcome" => "client_gone").increment(1);
+                tracing::info!(
+                    chars = reply.chars().count(),
+                    "client left mid-stream; partial reply saved"
+                );
+            }
+        }
+    }
 }
 
 /// The conversation sent to the model: the system prompt, as many of the latest
@@ -189,43 +387,18 @@ fn prompt(policy: &Policy, earlier: &[StoredMessage], cleaned: &str) -> Vec<Chat
         .collect()
 }
 
-/// A chat whose reservation is granted: from here on it must be settled.
-struct OpenChat {
-    backends: Backends,
-    user_id: String,
-    reservation_id: String,
-    cleaned: String,
-    messages: Vec<ChatMessage>,
-    max_output_tokens: u32,
-    remaining_after_reserve: i64,
-}
+impl Prepared {
+    fn completion_request(&self) -> CompleteRequest {
+        CompleteRequest {
+            messages: self.messages.clone(),
+            max_tokens: self.max_output_tokens,
+            user_id: self.user_id.clone(),
+        }
+    }
 
-impl OpenChat {
-    async fn finish(self) -> Result<ChatResponse, ApiError> {
-        let completion = self
-            .backends
-            .complete(CompleteRequest {
-                messages: self.messages.clone(),
-                max_tokens: self.max_output_tokens,
-                user_id: self.user_id.clone(),
-            })
-            .await;
-        let used = completion
-            .as_ref()
-            .ok()
-            .and_then(|answer| answer.usage)
-            .map_or(0, |usage| usage.total_tokens);
-        let quota = self.settle(used).await;
-        let answer = completion.map_err(ApiError::from_llm)?;
-        let history_saved = self.save(&answer.reply).await;
-        Ok(ChatResponse {
-            cleaned: self.cleaned,
-            reply: answer.reply,
-            usage: answer.usage.unwrap_or_default().into(),
-            remaining: quota.map_or(self.remaining_after_reserve, |quota| quota.remaining),
-            model: answer.model,
-            history_saved,
-        })
+    /// Tokens left after settling, or after reserving when the settlement failed.
+    fn remaining(&self, settled: Option<QuotaState>) -> i64 {
+        settled.map_or(self.remaining_after_reserve, |quota| quota.remaining)
     }
 
     /// Settles the reservation to `used` tokens (0 refunds it), retrying a few times.
@@ -263,15 +436,17 @@ impl OpenChat {
     }
 
     /// Saves the user's message and the reply; one retry, then a loud log.
-    async fn save(&self, reply: &str) -> bool {
+    async fn save(&self, reply: &str, incomplete: bool) -> bool {
         let messages = vec![
             NewMessage {
                 role: Role::User.into(),
                 text: self.cleaned.clone(),
+                incomplete: false,
             },
             NewMessage {
                 role: Role::Assistant.into(),
                 text: reply.to_owned(),
+                incomplete,
             },
         ];
         for attempt in 1..=2 {

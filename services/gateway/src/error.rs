@@ -106,6 +106,17 @@ impl ApiError {
         }
     }
 
+    /// The JSON body: `{"error", "detail"}`, plus the quota for `quota_exceeded`.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = json!({"error": self.to_string(), "detail": self.detail()});
+        if let Self::QuotaExceeded(quota) = self {
+            body["remaining"] = quota.remaining.into();
+            body["limit"] = quota.limit.into();
+            body["reset_after_seconds"] = quota.reset_after_seconds.into();
+        }
+        body
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited(wait) => Some(retry_after_secs(*wait)),
@@ -129,12 +140,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(error = %self, detail = %self.detail(), "request refused");
         }
-        let mut body = json!({"error": self.to_string(), "detail": self.detail()});
-        if let Self::QuotaExceeded(quota) = &self {
-            body["remaining"] = quota.remaining.into();
-            body["limit"] = quota.limit.into();
-            body["reset_after_seconds"] = quota.reset_after_seconds.into();
-        }
+        let body = self.body();
         let retry_after = self.retry_after();
         let mut response = (status, Json(body)).into_response();
         if let Some(seconds) = retry_after {

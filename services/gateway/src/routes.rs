@@ -1,19 +1,26 @@
 //! HTTP routes: the JSON API and the browser UI.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{Method, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chat_common::user::validate_user_id;
 use chat_proto::Role;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
-use crate::chat::{ChatRequest, Policy};
+use crate::chat::{ChatRequest, Policy, StreamEvent};
 use crate::rate_limit::Limiter;
 use crate::{ApiError, Backends, Settings};
 
@@ -36,6 +43,7 @@ pub fn router(settings: &Settings) -> anyhow::Result<Router> {
     });
     Ok(Router::new()
         .route("/chat", post(chat))
+        .route("/chat/stream", post(chat_stream))
         .route("/history", get(history))
         .route("/quota", get(quota))
         .route("/health", get(health))
@@ -46,10 +54,8 @@ pub fn router(settings: &Settings) -> anyhow::Result<Router> {
         .with_state(state))
 }
 
-async fn chat(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+/// The limiter, then the body: what both chat routes check first.
+fn admit(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<ChatRequest, ApiError> {
     if let Some(limiter) = &state.limiter {
         limiter.check().map_err(|wait| {
             metrics::counter!("gateway_rate_limited_total").increment(1);
@@ -60,10 +66,64 @@ async fn chat(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.max_body_bytes),
         _ => ApiError::BadJson(rejection.body_text()),
     })?;
-    let request: ChatRequest =
-        serde_json::from_slice(&body).map_err(|error| ApiError::BadJson(error.to_string()))?;
-    let answer = crate::chat::chat(&state.backends, &state.policy, request).await?;
+    serde_json::from_slice(&body).map_err(|error| ApiError::BadJson(error.to_string()))
+}
+
+async fn chat(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = admit(&state, body)?;
+    // In a task of its own: a client that hangs up cannot cut the chat short.
+    let task = async move { crate::chat::chat(&state.backends, &state.policy, request).await };
+    let answer = tokio::spawn(task.in_current_span())
+        .await
+        .map_err(|error| {
+            ApiError::dependency("gateway", tonic::Status::internal(error.to_string()))
+        })??;
     Ok(Json(answer).into_response())
+}
+
+async fn chat_stream(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = admit(&state, body)?;
+    let (head, answer) = oneshot::channel();
+    let task =
+        crate::chat::chat_stream(state.backends.clone(), state.policy.clone(), request, head);
+    tokio::spawn(task.in_current_span());
+    let events = answer.await.map_err(|_| {
+        ApiError::dependency("gateway", tonic::Status::internal("chat task ended"))
+    })??;
+    let events = ReceiverStream::new(events).map(|event| Ok::<_, Infallible>(sse_event(event)));
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn sse_event(event: StreamEvent) -> Event {
+    let (name, data) = match event {
+        StreamEvent::Start { cleaned, trace_id } => {
+            ("start", json!({"cleaned": cleaned, "trace_id": trace_id}))
+        }
+        StreamEvent::Delta(text) => ("delta", json!({"text": text})),
+        StreamEvent::Done {
+            usage,
+            remaining,
+            model,
+            history_saved,
+        } => (
+            "done",
+            json!({"usage": usage, "remaining": remaining, "model": model, "history_saved": history_saved}),
+        ),
+        StreamEvent::Failed(error) => {
+            let mut body = error.body();
+            body["incomplete"] = true.into();
+            ("error", body)
+        }
+    };
+    Event::default().event(name).data(data.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +137,8 @@ struct HistoryItem {
     role: &'static str,
     text: String,
     created_at_ms: i64,
+    /// A reply cut short: the client left or the stream broke.
+    incomplete: bool,
 }
 
 async fn history(
@@ -103,6 +165,7 @@ async fn history(
             },
             text: message.text,
             created_at_ms: message.created_at_unix_ms,
+            incomplete: message.incomplete,
         })
         .collect();
     Ok(Json(items).into_response())

@@ -55,6 +55,7 @@ impl Stack {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
+        chat_common::telemetry::init_for_tests();
         let redis = TestRedis::new().await?;
         let database = TestDatabase::new().await?;
         let provider = FakeOpenAi::start().await?;
