@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help test deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
+.PHONY: help test bench deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
 	images standins up down logs e2e
 
 help: ## list the verbs
@@ -36,6 +36,12 @@ dev-status: ## which services and dependencies are running
 
 dev-logs: ## follow the logs (make dev-logs s=gateway for one service)
 	deploy/dev/services.sh logs $(s)
+
+bench: deps ## measure the stack against the bare provider (release build; results in target/bench/)
+	cargo build --release --bins
+	mariadb -h127.0.0.1 -P$${DEV_MYSQL_PORT:-3306} -uchat -pchat \
+		-e "DROP DATABASE IF EXISTS chat_bench; CREATE DATABASE chat_bench CHARACTER SET utf8mb4"
+	target/release/chat-bench $(BENCH_ARGS)
 
 fmt: ## format the code
 	cargo fmt --all

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -105,8 +106,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(%local, "grpc server listening");
+    // Small gRPC frames must leave at once: without TCP_NODELAY, Nagle's algorithm and
+    // delayed acknowledgements hold them back for tens of milliseconds.
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    });
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     tracing::info!(%local, "grpc server stopped");
     Ok(())

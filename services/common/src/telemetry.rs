@@ -66,13 +66,20 @@ pub fn init(service: &'static str) -> Telemetry {
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(service);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The standard switch: no spans at all (no trace ids in logs or headers either).
+    let traces_on =
+        !std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
     // RUST_LOG filters the log lines only: traces keep every info span whatever the
     // log level, so `RUST_LOG=warn` does not turn tracing off.
     let installed = tracing_subscriber::registry()
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(LevelFilter::INFO),
+                .with_filter(if traces_on {
+                    LevelFilter::INFO
+                } else {
+                    LevelFilter::OFF
+                }),
         )
         .with(
             tracing_subscriber::fmt::layer()

@@ -106,6 +106,10 @@ pub async fn run(
     chat_common::tokens::warm_up();
     let app = routes::router(&settings)?;
     tracing::info!(local = %listener.local_addr()?, "gateway listening");
+    // Replies and stream events are small writes: send them without Nagle's delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

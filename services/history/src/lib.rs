@@ -11,6 +11,7 @@ mod cache;
 mod dsn;
 mod migrations;
 mod store;
+mod writer;
 
 use std::future::Future;
 
@@ -48,6 +49,11 @@ pub struct Settings {
     pub history_max_limit: u32,
     /// Per-operation timeout for MySQL and Redis, so an outage answers promptly.
     pub store_timeout_ms: u64,
+    /// Tasks committing saves; each commits whatever saves wait, as one INSERT
+    /// (`HISTORY_WRITERS`).
+    pub history_writers: usize,
+    /// Most rows in one group-committed INSERT (`HISTORY_BATCH_ROWS`).
+    pub history_batch_rows: usize,
 }
 
 impl Default for Settings {
@@ -63,6 +69,8 @@ impl Default for Settings {
             history_default_limit: 40,
             history_max_limit: 200,
             store_timeout_ms: 2000,
+            history_writers: 4,
+            history_batch_rows: 256,
         }
     }
 }

@@ -6,12 +6,13 @@ use chat_proto::history_service_server::HistoryService;
 use chat_proto::{ListRequest, ListResponse, Role, SaveRequest, SaveResponse, StoredMessage};
 use metrics::counter;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Pool, PoolConstraints, PoolOpts, Value};
+use mysql_async::{Pool, PoolConstraints, PoolOpts};
 use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
 use crate::Settings;
 use crate::cache::{Cache, CachedMessage};
+use crate::writer::Writer;
 
 /// Most messages one `Save` may carry.
 const MAX_SAVE: usize = 16;
@@ -24,6 +25,7 @@ pub struct History {
 
 struct Inner {
     mysql: Pool,
+    writer: Writer,
     cache: Cache,
     default_limit: u32,
     max_limit: u32,
@@ -48,6 +50,12 @@ impl History {
         let redis = chat_common::redis::pool(&settings.redis_addr, 32, timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                writer: Writer::start(
+                    mysql.clone(),
+                    timeout,
+                    settings.history_writers,
+                    settings.history_batch_rows,
+                ),
                 mysql,
                 cache: Cache::new(
                     redis,
@@ -77,51 +85,6 @@ impl History {
                 "history store: no MySQL connection in time",
             )),
         }
-    }
-
-    async fn insert(
-        &self,
-        user_id: &str,
-        messages: &[(Role, String, bool)],
-    ) -> Result<Vec<CachedMessage>, Status> {
-        let now_ms = unix_now_ms();
-        let placeholders = vec!["(?, ?, ?, FROM_UNIXTIME(? / 1000), ?)"; messages.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO chat_history (user_id, role, text, created_at, incomplete) VALUES {placeholders}"
-        );
-        let mut params = Vec::with_capacity(messages.len() * 5);
-        for (role, text, incomplete) in messages {
-            params.push(Value::from(user_id));
-            params.push(Value::from(role_name(*role)));
-            params.push(Value::from(text.as_str()));
-            params.push(Value::from(now_ms));
-            params.push(Value::from(*incomplete));
-        }
-        let mut connection = self.mysql().await?;
-        let insert = async {
-            connection.exec_drop(sql, params).await?;
-            Ok::<_, mysql_async::Error>(connection.last_insert_id())
-        };
-        let first_id = tokio::time::timeout(
-            self.inner.timeout,
-            chat_common::observe::db("mysql", "insert", insert),
-        )
-        .await
-        .map_err(|_| Status::unavailable("history store: MySQL write timed out"))?
-        .map_err(store_error)?
-        .ok_or_else(|| Status::internal("history store: no insert id"))?;
-        // One multi-row INSERT gets consecutive ids ("simple insert" in InnoDB terms).
-        Ok(messages
-            .iter()
-            .zip(first_id..)
-            .map(|((role, text, incomplete), id)| CachedMessage {
-                id: id as i64,
-                role: role_name(*role).to_owned(),
-                text: text.clone(),
-                created_at_unix_ms: now_ms,
-                incomplete: *incomplete,
-            })
-            .collect())
     }
 
     async fn newest_from_mysql(
@@ -217,7 +180,12 @@ impl HistoryService for History {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let saved = self.insert(&request.user_id, &messages).await?;
+        let saved = chat_common::observe::db(
+            "mysql",
+            "insert",
+            self.inner.writer.save(&request.user_id, messages),
+        )
+        .await?;
         if let Err(error) = self.inner.cache.append(&request.user_id, &saved).await {
             // MySQL has the messages; the cache may miss them until it expires or refills.
             tracing::warn!(%error, user_id = %request.user_id, "history cache append failed");
@@ -254,13 +222,6 @@ impl HistoryService for History {
     }
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Assistant => "assistant",
-        _ => "user",
-    }
-}
-
 fn role_from_name(name: &str) -> Role {
     match name {
         "assistant" => Role::Assistant,
@@ -270,10 +231,4 @@ fn role_from_name(name: &str) -> Role {
 
 fn store_error(error: mysql_async::Error) -> Status {
     Status::unavailable(format!("history store failed: {error}"))
-}
-
-fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }

@@ -224,3 +224,49 @@ async fn an_incomplete_reply_stays_marked_in_mysql_and_in_the_cache() -> anyhow:
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_saves_are_group_committed_without_mixing_anything_up() -> anyhow::Result<()> {
+    let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
+    let history = History::connect(&Settings {
+        history_writers: 2,
+        ..settings(&db, &redis)
+    })
+    .await?;
+    let saves = (0..60).map(|i| {
+        let history = history.clone();
+        async move {
+            let user = format!("user{}", i % 6);
+            let question = format!("question {i}");
+            let answer = format!("answer {i}");
+            let ids = save(
+                &history,
+                &user,
+                &[(Role::User, &question), (Role::Assistant, &answer)],
+            )
+            .await?;
+            anyhow::Ok((user, i, ids))
+        }
+    });
+    let saved = futures::future::try_join_all(saves).await?;
+    let mut all_ids: Vec<i64> = saved.iter().flat_map(|(_, _, ids)| ids.clone()).collect();
+    all_ids.sort_unstable();
+    all_ids.dedup();
+    assert_eq!(all_ids.len(), 120, "every message got an id of its own");
+    for (user, i, ids) in &saved {
+        assert_eq!(
+            ids[1],
+            ids[0] + 1,
+            "a save's messages stay together and in order"
+        );
+        let listed = list(&history, user, 200).await?;
+        let position = listed
+            .messages
+            .iter()
+            .position(|message| message.id == ids[0])
+            .ok_or_else(|| anyhow::anyhow!("save {i} of {user} not listed"))?;
+        assert_eq!(listed.messages[position].text, format!("question {i}"));
+        assert_eq!(listed.messages[position + 1].text, format!("answer {i}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! A closed-loop load generator: `concurrency` clients, each sending its next request
+//! as soon as the previous one is answered, for a fixed time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::upstream::{MODEL, Marks};
+
+/// What is measured.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The provider called directly: the floor.
+    Upstream(String),
+    /// `POST /chat` on these gateways, spread over them.
+    Chat(Vec<String>),
+    /// `POST /chat/stream` on these gateways, read to the final event.
+    Stream(Vec<String>),
+}
+
+impl Target {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Upstream(_) => "upstream",
+            Self::Chat(_) => "chat",
+            Self::Stream(_) => "stream",
+        }
+    }
+}
+
+/// The requests of one run.
+#[derive(Debug, Default)]
+pub struct Sample {
+    pub latencies_us: Vec<u64>,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Streams at concurrency 1: the provider's first chunk → the client's first delta.
+    pub first_delta_lag_us: Vec<u64>,
+    /// Streams at concurrency 1: the provider's last chunk → the client's final event.
+    pub done_lag_us: Vec<u64>,
+}
+
+impl Sample {
+    fn merge(&mut self, other: Sample) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.first_delta_lag_us.extend(other.first_delta_lag_us);
+        self.done_lag_us.extend(other.done_lag_us);
+    }
+}
+
+const TEXT: &str = "hello from the benchmark";
+
+/// Runs `concurrency` clients against `target` for `duration`. Users rotate over many
+/// ids so the quota and history paths see realistic keys.
+pub async fn run(
+    client: &reqwest::Client,
+    target: &Target,
+    concurrency: usize,
+    duration: Duration,
+    marks: Option<Arc<Marks>>,
+) -> Sample {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers = (0..concurrency).map(|worker| {
+        let (client, target, marks) = (client.clone(), target.clone(), marks.clone());
+        tokio::spawn(async move {
+            let mut sample = Sample::default();
+            let mut sequence = 0usize;
+            while Instant::now() < deadline {
+                sequence += 1;
+                let user = format!("bench-{worker}-{}", sequence % 64);
+                match one(&client, &target, worker, &user, marks.as_deref()).await {
+                    Ok((latency, lags)) => {
+                        sample.latencies_us.push(latency.as_micros() as u64);
+                        if let Some((first, done)) = lags {
+                            sample.first_delta_lag_us.push(first.as_micros() as u64);
+                            sample.done_lag_us.push(done.as_micros() as u64);
+                        }
+                    }
+                    Err(_) => {
+                        sample.errors += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            sample
+        })
+    });
+    let mut total = Sample::default();
+    for worker in futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        total.merge(worker);
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+type Lags = Option<(Duration, Duration)>;
+
+async fn one(
+    client: &reqwest::Client,
+    target: &Target,
+    worker: usize,
+    user: &str,
+    marks: Option<&Marks>,
+) -> anyhow::Result<(Duration, Lags)> {
+    let started = Instant::now();
+    match target {
+        Target::Upstream(base) => {
+            let body = serde_json::json!({
+                "model": MODEL,
+                "messages": [{"role": "user", "content": TEXT}],
+                "max_completion_tokens": 512
+            });
+            let response = client
+                .post(format!("{base}/chat/completions"))
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "status {}",
+                response.status()
+            );
+            response.bytes().await?;
+            Ok((started.elapsed(), None))
+        }
+        Target::Chat(gateways) => {
+            let url = &gateways[worker % gateways.len()];
+            let body = serde_json::json!({"user_id": user, "text": TEXT});
+            let response = client
+                .post(format!("{url}/chat"))
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "status {}",
+                response.status()
+            );
+            response.bytes().await?;
+            Ok((started.elapsed(), None))
+        }
+        Target::Stream(gateways) => {
+            let url = &gateways[worker % gateways.len()];
+            let body = serde_json::json!({"user_id": user, "text": TEXT});
+            let response = client
+                .post(format!("{url}/chat/stream"))
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "status {}",
+                response.status()
+            );
+            let (mut first_delta, mut done) = (None, None);
+            let mut seen = Vec::new();
+            let mut chunks = response.bytes_stream();
+            while let Some(chunk) = chunks.next().await {
+                seen.extend_from_slice(&chunk?);
+                if first_delta.is_none() && contains(&seen, b"event: delta") {
+                    first_delta = Some(Instant::now());
+                }
+                if contains(&seen, b"event: done") {
+                    done = Some(Instant::now());
+                }
+            }
+            let (Some(first_delta), Some(done)) = (first_delta, done) else {
+                anyhow::bail!("the stream ended without its final event");
+            };
+            let lags = marks.map(|marks| {
+                let (first_chunk, last_chunk) = marks.last_stream();
+                (
+                    first_delta.saturating_duration_since(first_chunk),
+                    done.saturating_duration_since(last_chunk),
+                )
+            });
+            Ok((done - started, lags))
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}

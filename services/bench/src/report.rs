@@ -1,0 +1,243 @@
+//! The benchmark's result: one table on stdout, the same as JSON, and an SVG chart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::Options;
+use crate::load::Sample;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub target: String,
+    pub concurrency: usize,
+    pub gateways: usize,
+    pub requests: usize,
+    pub errors: u64,
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    /// Streams at concurrency 1: the provider's first chunk → the client's first delta.
+    pub first_delta_lag_p50_ms: Option<f64>,
+    /// Streams at concurrency 1: the provider's last chunk → the client's final event.
+    pub done_lag_p50_ms: Option<f64>,
+    /// Service CPU seconds per 1,000 requests of this case, by process.
+    pub cpu_seconds_per_1000: BTreeMap<String, f64>,
+}
+
+fn percentile(sorted: &[u64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1000.0
+}
+
+impl CaseResult {
+    pub fn from_sample(
+        name: String,
+        target: &str,
+        concurrency: usize,
+        gateways: usize,
+        mut sample: Sample,
+        cpu: BTreeMap<String, f64>,
+    ) -> Self {
+        sample.latencies_us.sort_unstable();
+        sample.first_delta_lag_us.sort_unstable();
+        sample.done_lag_us.sort_unstable();
+        let requests = sample.latencies_us.len();
+        let seconds = sample.elapsed.as_secs_f64().max(f64::EPSILON);
+        let mean = if requests == 0 {
+            0.0
+        } else {
+            sample.latencies_us.iter().sum::<u64>() as f64 / requests as f64 / 1000.0
+        };
+        let per_thousand = if requests == 0 {
+            0.0
+        } else {
+            1000.0 / requests as f64
+        };
+        let lag = |values: &[u64]| (!values.is_empty()).then(|| percentile(values, 0.5));
+        Self {
+            name,
+            target: target.to_owned(),
+            concurrency,
+            gateways,
+            requests,
+            errors: sample.errors,
+            requests_per_second: requests as f64 / seconds,
+            p50_ms: percentile(&sample.latencies_us, 0.5),
+            p99_ms: percentile(&sample.latencies_us, 0.99),
+            mean_ms: mean,
+            first_delta_lag_p50_ms: lag(&sample.first_delta_lag_us),
+            done_lag_p50_ms: lag(&sample.done_lag_us),
+            cpu_seconds_per_1000: cpu
+                .into_iter()
+                .filter(|_| target != "upstream")
+                .map(|(process, seconds)| (process, seconds * per_thousand))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub commit: String,
+    pub cores: usize,
+    pub seconds_per_case: f64,
+    pub rounds: usize,
+    pub cases: Vec<CaseResult>,
+    /// Median latency through the stack minus the provider's, at concurrency 1.
+    pub overhead_p50_ms: BTreeMap<String, f64>,
+    pub peak_rss_mib: BTreeMap<String, f64>,
+}
+
+impl Results {
+    pub fn new(
+        cases: Vec<CaseResult>,
+        peak_rss_mib: BTreeMap<String, f64>,
+        options: &Options,
+    ) -> Self {
+        let p50 = |name: &str| {
+            cases
+                .iter()
+                .find(|case| case.name == name)
+                .map(|case| case.p50_ms)
+        };
+        let mut overhead_p50_ms = BTreeMap::new();
+        if let Some(floor) = p50("upstream c=1") {
+            for target in ["chat", "stream"] {
+                if let Some(through) = p50(&format!("{target} c=1")) {
+                    overhead_p50_ms.insert(target.to_owned(), through - floor);
+                }
+            }
+        }
+        Self {
+            commit: commit(),
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            seconds_per_case: options.seconds_per_case,
+            rounds: options.rounds,
+            cases,
+            overhead_p50_ms,
+            peak_rss_mib,
+        }
+    }
+
+    /// Total errors over every case: the benchmark requires zero.
+    pub fn errors(&self) -> u64 {
+        self.cases.iter().map(|case| case.errors).sum()
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "commit {} on {} cores, {} s per case in {} rounds",
+            self.commit, self.cores, self.seconds_per_case, self.rounds
+        );
+        let _ = writeln!(
+            out,
+            "{:<28} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>12} {:>10}",
+            "case",
+            "requests",
+            "errors",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "1st delta ms",
+            "done lag ms",
+            "cpu s/1k"
+        );
+        for case in &self.cases {
+            let lag =
+                |value: Option<f64>| value.map_or("-".to_owned(), |value| format!("{value:.3}"));
+            let cpu: f64 = case.cpu_seconds_per_1000.values().sum();
+            let _ = writeln!(
+                out,
+                "{:<28} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>12} {:>12} {:>10}",
+                case.name,
+                case.requests,
+                case.errors,
+                case.requests_per_second,
+                case.p50_ms,
+                case.p99_ms,
+                lag(case.first_delta_lag_p50_ms),
+                lag(case.done_lag_p50_ms),
+                if case.target == "upstream" {
+                    "-".to_owned()
+                } else {
+                    format!("{cpu:.2}")
+                },
+            );
+        }
+        for (target, overhead) in &self.overhead_p50_ms {
+            let _ = writeln!(out, "overhead at c=1 ({target}, p50): {overhead:.3} ms");
+        }
+        if let Some(case) = self.cases.iter().find(|case| case.name == "chat c=32") {
+            let _ = writeln!(out, "cpu seconds per 1000 chats at c=32, by process:");
+            for (process, seconds) in &case.cpu_seconds_per_1000 {
+                let _ = writeln!(out, "  {process:<12} {seconds:.3}");
+            }
+        }
+        let _ = writeln!(out, "peak RSS (MiB):");
+        for (process, mib) in &self.peak_rss_mib {
+            let _ = writeln!(out, "  {process:<12} {mib:.1}");
+        }
+        out
+    }
+
+    /// A bar chart of throughput per case, with p99 written on each bar.
+    pub fn svg(&self) -> String {
+        let cases: Vec<&CaseResult> = self
+            .cases
+            .iter()
+            .filter(|case| case.concurrency > 1)
+            .collect();
+        let max = cases
+            .iter()
+            .map(|case| case.requests_per_second)
+            .fold(1.0, f64::max);
+        let (width, row) = (760.0, 26.0);
+        let height = 40.0 + row * cases.len() as f64;
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <text x=\"10\" y=\"20\" font-size=\"14\">requests/s (p99 ms) - commit {} on {} cores</text>\n",
+            self.commit, self.cores
+        );
+        for (index, case) in cases.iter().enumerate() {
+            let y = 32.0 + row * index as f64;
+            let bar = (case.requests_per_second / max) * 420.0;
+            let colour = match case.target.as_str() {
+                "upstream" => "#9aa5b1",
+                "stream" => "#2f9e44",
+                _ => "#1c64f2",
+            };
+            let _ = write!(
+                svg,
+                "<text x=\"10\" y=\"{:.0}\">{}</text><rect x=\"230\" y=\"{y:.0}\" width=\"{bar:.1}\" height=\"18\" fill=\"{colour}\"/>\
+                 <text x=\"{:.1}\" y=\"{:.0}\">{:.0} ({:.1})</text>\n",
+                y + 13.0,
+                case.name,
+                236.0 + bar,
+                y + 13.0,
+                case.requests_per_second,
+                case.p99_ms
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,86 @@
+//! The benchmark's own code works: a run of about a second against the real services
+//! (the debug binaries, real Redis and MySQL) produces a well-formed result. Nothing
+//! here asserts a duration or a speed.
+
+use std::path::PathBuf;
+
+use chat_common::testing::{TestDatabase, TestRedis};
+
+#[tokio::test]
+async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
+    let (redis, database) = (TestRedis::new().await?, TestDatabase::new().await?);
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_chat-bench"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let options = chat_bench::Options {
+        bin_dir,
+        seconds_per_case: 0.15,
+        rounds: 1,
+        concurrency: vec![4],
+        gateways: vec![1, 2],
+        scale_concurrency: 4,
+        redis_addr: redis.addr.clone(),
+        mysql_dsn: database.url.clone(),
+    };
+    let results = chat_bench::run(&options).await?;
+
+    let names: Vec<&str> = results
+        .cases
+        .iter()
+        .map(|case| case.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "upstream c=1",
+            "chat c=1",
+            "stream c=1",
+            "upstream c=4",
+            "chat c=4",
+            "stream c=4",
+            "chat c=4 x1 gateways",
+            "chat c=4 x2 gateways",
+        ]
+    );
+    assert_eq!(results.errors(), 0, "{}", results.table());
+    for case in &results.cases {
+        assert!(case.requests > 0, "{}: no request completed", case.name);
+        assert!(case.p50_ms > 0.0 && case.p50_ms <= case.p99_ms, "{case:?}");
+        if case.target != "upstream" {
+            assert!(
+                case.cpu_seconds_per_1000.contains_key("gateway-1"),
+                "{case:?}"
+            );
+        }
+    }
+    let stream = &results.cases[2];
+    assert!(stream.first_delta_lag_p50_ms.is_some() && stream.done_lag_p50_ms.is_some());
+    assert!(
+        results.overhead_p50_ms.contains_key("chat")
+            && results.overhead_p50_ms.contains_key("stream")
+    );
+    for process in [
+        "filter",
+        "token",
+        "llm",
+        "history",
+        "gateway-1",
+        "gateway-2",
+    ] {
+        assert!(
+            results
+                .peak_rss_mib
+                .get(process)
+                .is_some_and(|mib| *mib > 0.0),
+            "{process}"
+        );
+    }
+    assert!(results.cores > 0);
+
+    let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&results)?)?;
+    assert_eq!(json["cases"].as_array().map(Vec::len), Some(8));
+    assert!(results.svg().starts_with("<svg") && results.svg().contains("chat c=4"));
+    assert!(results.table().contains("overhead at c=1 (chat, p50)"));
+    Ok(())
+}
