@@ -215,10 +215,10 @@ impl Results {
                 "stream" => "#2f9e44",
                 _ => "#1c64f2",
             };
-            let _ = write!(
+            let _ = writeln!(
                 svg,
                 "<text x=\"10\" y=\"{:.0}\">{}</text><rect x=\"230\" y=\"{y:.0}\" width=\"{bar:.1}\" height=\"18\" fill=\"{colour}\"/>\
-                 <text x=\"{:.1}\" y=\"{:.0}\">{:.0} ({:.1})</text>\n",
+                 <text x=\"{:.1}\" y=\"{:.0}\">{:.0} ({:.1})</text>",
                 y + 13.0,
                 case.name,
                 236.0 + bar,
