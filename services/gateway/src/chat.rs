@@ -131,9 +131,10 @@ async fn prepare(
             Vec::new()
         }
     };
-    let messages = prompt(policy, &earlier, &cleaned);
-    let prompt_tokens =
-        tokens::count_prompt(messages.iter().map(|message| message.content.as_str())) as i64;
+    let Prompt {
+        messages,
+        tokens: prompt_tokens,
+    } = prompt(policy, &earlier, &cleaned);
     let estimate =
         (prompt_tokens + i64::from(policy.max_output_tokens)).max(policy.min_reservation);
 
@@ -352,39 +353,55 @@ pub async fn chat_stream(
 
 /// The conversation sent to the model: the system prompt, as many of the latest
 /// earlier turns as fit the token budget (oldest dropped first), the new message.
-fn prompt(policy: &Policy, earlier: &[StoredMessage], cleaned: &str) -> Vec<ChatMessage> {
+fn prompt(policy: &Policy, earlier: &[StoredMessage], cleaned: &str) -> Prompt {
     let mut budget = policy.context_tokens;
-    let mut kept: Vec<ChatMessage> = Vec::new();
+    // Newest first, each with its cost, so every text is tokenized once.
+    let mut kept: Vec<(&StoredMessage, usize)> = Vec::new();
     for message in earlier.iter().rev() {
         let cost = tokens::count(&message.text) + tokens::PER_MESSAGE_OVERHEAD;
         if cost > budget {
             break;
         }
         budget -= cost;
-        kept.push(ChatMessage {
-            role: message.role,
-            content: message.text.clone(),
-        });
+        kept.push((message, cost));
     }
     // A conversation the model sees should open with the user, not a dangling reply.
     while kept
         .last()
-        .is_some_and(|message| message.role() == Role::Assistant)
+        .is_some_and(|(message, _)| message.role() == Role::Assistant)
     {
         kept.pop();
     }
-    let system = (!policy.system_prompt.is_empty()).then(|| ChatMessage {
-        role: Role::System.into(),
-        content: policy.system_prompt.clone(),
+    let mut total = tokens::REPLY_PRIMING + tokens::count(cleaned) + tokens::PER_MESSAGE_OVERHEAD;
+    total += kept.iter().map(|(_, cost)| cost).sum::<usize>();
+    let system = (!policy.system_prompt.is_empty()).then(|| {
+        total += tokens::count(&policy.system_prompt) + tokens::PER_MESSAGE_OVERHEAD;
+        ChatMessage {
+            role: Role::System.into(),
+            content: policy.system_prompt.clone(),
+        }
     });
-    system
+    let messages = system
         .into_iter()
-        .chain(kept.into_iter().rev())
+        .chain(kept.into_iter().rev().map(|(message, _)| ChatMessage {
+            role: message.role,
+            content: message.text.clone(),
+        }))
         .chain(std::iter::once(ChatMessage {
             role: Role::User.into(),
             content: cleaned.to_owned(),
         }))
-        .collect()
+        .collect();
+    Prompt {
+        messages,
+        tokens: total as i64,
+    }
+}
+
+/// The messages sent to the model and what they cost, overhead included.
+struct Prompt {
+    messages: Vec<ChatMessage>,
+    tokens: i64,
 }
 
 impl Prepared {
@@ -495,7 +512,9 @@ mod tests {
             stored(Role::User, "second question"),
             stored(Role::Assistant, "second reply"),
         ];
-        let all = prompt(&policy(1000, "be brief"), &earlier, "now");
+        let Prompt { messages: all, tokens } = prompt(&policy(1000, "be brief"), &earlier, "now");
+        let contents = all.iter().map(|m| m.content.as_str());
+        assert_eq!(tokens, tokens::count_prompt(contents) as i64, "counted once, counted right");
         let contents: Vec<&str> = all.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(
             contents,
@@ -511,11 +530,11 @@ mod tests {
         assert_eq!(all[0].role(), Role::System);
 
         // A small budget drops the oldest turns, and never opens on an assistant reply.
-        let some = prompt(&policy(12, ""), &earlier, "now");
+        let some = prompt(&policy(12, ""), &earlier, "now").messages;
         let contents: Vec<&str> = some.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(contents, ["second question", "second reply", "now"]);
 
-        let none = prompt(&policy(0, ""), &earlier, "now");
+        let none = prompt(&policy(0, ""), &earlier, "now").messages;
         assert_eq!(none.len(), 1);
     }
 }
