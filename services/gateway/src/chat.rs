@@ -111,20 +111,23 @@ async fn prepare(
         return Err(ApiError::InvalidText("text is empty".to_owned()));
     }
 
-    let verdict = backends
-        .filter(text)
-        .await
-        .map_err(|status| match status.code() {
-            Code::InvalidArgument => ApiError::InvalidText(status.message().to_owned()),
-            _ => ApiError::dependency("filter", status),
-        })?;
+    // The filter and the conversation so far are independent: ask for both at once
+    // (the context of a blocked text is simply dropped).
+    let (verdict, earlier) = tokio::join!(
+        backends.filter(text),
+        backends.history(&user_id, policy.context_messages)
+    );
+    let verdict = verdict.map_err(|status| match status.code() {
+        Code::InvalidArgument => ApiError::InvalidText(status.message().to_owned()),
+        _ => ApiError::dependency("filter", status),
+    })?;
     if verdict.blocked {
         return Err(ApiError::Blocked(verdict.reason));
     }
     let cleaned = verdict.cleaned;
 
     // Context is a nicety: without the history service the chat goes on without it.
-    let earlier = match backends.history(&user_id, policy.context_messages).await {
+    let earlier = match earlier {
         Ok(earlier) => earlier,
         Err(status) => {
             tracing::warn!(code = ?status.code(), message = %status.message(), "no conversation context: history unavailable");
@@ -170,15 +173,17 @@ pub async fn chat(
     request: ChatRequest,
 ) -> Result<ChatResponse, ApiError> {
     let prepared = prepare(backends, policy, request).await?;
-    let completion = backends.complete(prepared.completion_request()).await;
-    let used = completion
-        .as_ref()
-        .ok()
-        .and_then(|answer| answer.usage)
-        .map_or(0, |usage| usage.total_tokens);
-    let quota = prepared.settle(used).await;
-    let answer = completion.map_err(ApiError::from_llm)?;
-    let history_saved = prepared.save(&answer.reply, false).await;
+    let answer = match backends.complete(prepared.completion_request()).await {
+        Ok(answer) => answer,
+        Err(status) => {
+            prepared.settle(0).await;
+            return Err(ApiError::from_llm(status));
+        }
+    };
+    let used = answer.usage.map_or(0, |usage| usage.total_tokens);
+    // Settling and saving are independent: one round trip's time for both.
+    let (quota, history_saved) =
+        tokio::join!(prepared.settle(used), prepared.save(&answer.reply, false));
     Ok(ChatResponse {
         remaining: prepared.remaining(quota),
         cleaned: prepared.cleaned,
@@ -319,8 +324,10 @@ pub async fn chat_stream(
     match ending {
         Ending::Finished { usage, model } => {
             metrics::counter!("gateway_streams_total", "outcome" => "finished").increment(1);
-            let quota = prepared.settle(usage.total_tokens).await;
-            let history_saved = prepared.save(&reply, false).await;
+            let (quota, history_saved) = tokio::join!(
+                prepared.settle(usage.total_tokens),
+                prepared.save(&reply, false)
+            );
             let done = StreamEvent::Done {
                 usage: usage.into(),
                 remaining: prepared.remaining(quota),
@@ -332,8 +339,7 @@ pub async fn chat_stream(
         Ending::ClientGone | Ending::Broken(_) => {
             // No usage came: charge what was generated, counted with our tokenizer.
             let used = prepared.prompt_tokens + tokens::count(&reply) as i64;
-            prepared.settle(used).await;
-            prepared.save(&reply, true).await;
+            tokio::join!(prepared.settle(used), prepared.save(&reply, true));
             if let Ending::Broken(status) = ending {
                 metrics::counter!("gateway_streams_total", "outcome" => "broken").increment(1);
                 tracing::warn!(code = ?status.code(), message = %status.message(), "llm stream broke; partial reply saved");
@@ -512,9 +518,16 @@ mod tests {
             stored(Role::User, "second question"),
             stored(Role::Assistant, "second reply"),
         ];
-        let Prompt { messages: all, tokens } = prompt(&policy(1000, "be brief"), &earlier, "now");
+        let Prompt {
+            messages: all,
+            tokens,
+        } = prompt(&policy(1000, "be brief"), &earlier, "now");
         let contents = all.iter().map(|m| m.content.as_str());
-        assert_eq!(tokens, tokens::count_prompt(contents) as i64, "counted once, counted right");
+        assert_eq!(
+            tokens,
+            tokens::count_prompt(contents) as i64,
+            "counted once, counted right"
+        );
         let contents: Vec<&str> = all.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(
             contents,
