@@ -110,55 +110,36 @@ async fn one(
     marks: Option<&Marks>,
 ) -> anyhow::Result<(Duration, Lags)> {
     let started = Instant::now();
-    match target {
-        Target::Upstream(base) => {
-            let body = serde_json::json!({
+    let (url, body) = match target {
+        Target::Upstream(base) => (
+            format!("{base}/chat/completions"),
+            serde_json::json!({
                 "model": MODEL,
                 "messages": [{"role": "user", "content": TEXT}],
                 "max_completion_tokens": 512
-            });
-            let response = client
-                .post(format!("{base}/chat/completions"))
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::ensure!(
-                response.status().is_success(),
-                "status {}",
-                response.status()
-            );
+            }),
+        ),
+        Target::Chat(gateways) => (
+            format!("{}/chat", gateways[worker % gateways.len()]),
+            serde_json::json!({"user_id": user, "text": TEXT}),
+        ),
+        Target::Stream(gateways) => (
+            format!("{}/chat/stream", gateways[worker % gateways.len()]),
+            serde_json::json!({"user_id": user, "text": TEXT}),
+        ),
+    };
+    let response = client.post(url).json(&body).send().await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "status {}",
+        response.status()
+    );
+    match target {
+        Target::Upstream(_) | Target::Chat(_) => {
             response.bytes().await?;
             Ok((started.elapsed(), None))
         }
-        Target::Chat(gateways) => {
-            let url = &gateways[worker % gateways.len()];
-            let body = serde_json::json!({"user_id": user, "text": TEXT});
-            let response = client
-                .post(format!("{url}/chat"))
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::ensure!(
-                response.status().is_success(),
-                "status {}",
-                response.status()
-            );
-            response.bytes().await?;
-            Ok((started.elapsed(), None))
-        }
-        Target::Stream(gateways) => {
-            let url = &gateways[worker % gateways.len()];
-            let body = serde_json::json!({"user_id": user, "text": TEXT});
-            let response = client
-                .post(format!("{url}/chat/stream"))
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::ensure!(
-                response.status().is_success(),
-                "status {}",
-                response.status()
-            );
+        Target::Stream(_) => {
             let (mut first_delta, mut done) = (None, None);
             let mut seen = Vec::new();
             let mut chunks = response.bytes_stream();

@@ -86,34 +86,19 @@ async fn apply_pending(connection: &mut Conn) -> anyhow::Result<usize> {
                 )
             })?;
         }
+        // MySQL 8 has neither ADD COLUMN IF NOT EXISTS nor CREATE INDEX IF NOT EXISTS:
+        // look in the catalogue first.
         for (table, column, definition) in migration.columns {
-            let exists: Option<i64> = connection
-                .exec_first(
-                    "SELECT COUNT(*) FROM information_schema.columns
-                     WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
-                    (table, column),
-                )
-                .await?;
-            if exists.unwrap_or(0) == 0 {
-                connection
-                    .query_drop(format!(
-                        "ALTER TABLE {table} ADD COLUMN {column} {definition}"
-                    ))
-                    .await?;
+            let missing = !exists(connection, "columns", "column_name", table, column).await?;
+            if missing {
+                let sql = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
+                connection.query_drop(sql).await?;
             }
         }
         for (table, index, columns) in migration.indexes {
-            let exists: Option<i64> = connection
-                .exec_first(
-                    "SELECT COUNT(*) FROM information_schema.statistics
-                     WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?",
-                    (table, index),
-                )
-                .await?;
-            if exists.unwrap_or(0) == 0 {
-                connection
-                    .query_drop(format!("CREATE INDEX {index} ON {table} ({columns})"))
-                    .await?;
+            if !exists(connection, "statistics", "index_name", table, index).await? {
+                let sql = format!("CREATE INDEX {index} ON {table} ({columns})");
+                connection.query_drop(sql).await?;
             }
         }
         connection
@@ -130,6 +115,22 @@ async fn apply_pending(connection: &mut Conn) -> anyhow::Result<usize> {
         ran += 1;
     }
     Ok(ran)
+}
+
+/// Whether `information_schema.<view>` lists `name` (in `name_column`) for `table`.
+async fn exists(
+    connection: &mut Conn,
+    view: &str,
+    name_column: &str,
+    table: &str,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM information_schema.{view}
+         WHERE table_schema = DATABASE() AND table_name = ? AND {name_column} = ?"
+    );
+    let count: Option<i64> = connection.exec_first(sql, (table, name)).await?;
+    Ok(count.unwrap_or(0) > 0)
 }
 
 /// Splits a migration file into statements: `;` at the end of a line ends one, and
