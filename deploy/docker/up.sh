@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make up`: starts the compose stack from the images as they are, waits until every
+# container is healthy, and says how long that took and where to look.
+#
+#   COMPOSE_PROFILES=observability   also Jaeger and Grafana
+#   UP_TIMEOUT=180                   seconds to wait for healthy before giving up
+#   COMPOSE                          the compose command (deploy/docker/images.sh)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source deploy/docker/images.sh
+
+timeout=${UP_TIMEOUT:-180}
+started=$(date +%s%N)
+$COMPOSE up -d --no-build
+deadline=$((SECONDS + timeout))
+while :; do
+  states=$($COMPOSE ps -a -q | xargs -r docker inspect -f \
+    '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}')
+  if [ -n "$states" ] && ! grep -qv ' running healthy$' <<<"$states"; then
+    break
+  fi
+  if [ $SECONDS -ge $deadline ]; then
+    echo "up: not healthy within $timeout s:" >&2
+    grep -v ' running healthy$' <<<"$states" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+elapsed=$(awk -v ns=$(($(date +%s%N) - started)) 'BEGIN { printf "%.1f", ns / 1e9 }')
+echo "up: $(wc -l <<<"$states") containers healthy ${elapsed} s after up"
+host=${PUBLISH_HOST:-127.0.0.1}
+echo "up: UI and API http://$host:${GATEWAY_PORT:-8080}  Prometheus http://$host:${PROMETHEUS_PORT:-9090}"
+case ",${COMPOSE_PROFILES:-}," in
+  *,observability,*)
+    echo "up: Grafana http://$host:${GRAFANA_PORT:-3000}  Jaeger http://$host:${JAEGER_PORT:-16686}" ;;
+esac

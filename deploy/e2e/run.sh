@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# `make e2e`: builds every image, starts the stack with compose (project chat-e2e, settings
+# from deploy/e2e/e2e.env), waits until every container is healthy, drives it from outside
+# over HTTP as a user would, and removes every container, volume and network it made, also
+# when a check fails or the run is interrupted.
+#
+# Checks: a chat answers 200 with a reply; the history then holds its 2 messages; a blocked
+# text answers 400 "text blocked by filter" and is not stored; a user who keeps chatting
+# gets 429 "quota_exceeded"; Prometheus has every service (one per docker/*.Dockerfile) as
+# a scrape target and has scraped each (E2E_REQUIRE_METRICS=1: and each is up).
+#
+#   E2E_SKIP_BUILD=1        use the images as they are
+#   COMPOSE_PROFILES=observability   also start Jaeger and Grafana (needs their images)
+#   GATEWAY_PORT, PROMETHEUS_PORT    host ports (8080, 9090)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source deploy/docker/images.sh
+
+project=${E2E_PROJECT:-chat-e2e}
+env_file=deploy/e2e/e2e.env
+gateway=http://127.0.0.1:${GATEWAY_PORT:-8080}
+prometheus=http://127.0.0.1:${PROMETHEUS_PORT:-9090}
+healthy_within=${E2E_HEALTHY_TIMEOUT:-180}
+budget_up=30
+
+# The env file's settings must win over whatever the caller's environment has.
+while read -r name; do
+  unset "$name"
+done < <(sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' "$env_file")
+# No collector unless Jaeger runs: an empty endpoint turns trace export off.
+case ",${COMPOSE_PROFILES:-}," in
+  *,observability,*) ;;
+  *) export OTEL_EXPORTER_OTLP_ENDPOINT= ;;
+esac
+
+compose() { $COMPOSE --project-name "$project" --env-file "$env_file" "$@"; }
+say() { echo "e2e: $*"; }
+
+scratch=$(mktemp -d)
+passed=0
+failed=0
+
+# Leaves nothing behind, and says so; on a failure first shows what the containers said.
+finish() {
+  local status=$?
+  trap - EXIT INT TERM
+  if { [ "$status" != 0 ] || [ "$failed" != 0 ]; } && [ -n "$(compose ps -q 2>/dev/null)" ]; then
+    compose ps >&2 || true
+    compose logs --no-color --tail=40 >&2 || true
+  fi
+  compose down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+  local label=label=com.docker.compose.project=$project
+  local left
+  left=$(docker ps -aq --filter "$label"; docker volume ls -q --filter "$label";
+    docker network ls -q --filter "$label")
+  if [ -n "$left" ]; then
+    say "left behind after down: $(echo "$left" | tr '\n' ' ')"
+    status=1
+  else
+    say "torn down: no container, volume or network of $project is left"
+  fi
+  rm -rf "$scratch"
+  exit "$status"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+pass() { passed=$((passed + 1)); say "ok: $*"; }
+fail() { failed=$((failed + 1)); say "FAILED: $*"; }
+
+# request METHOD PATH [JSON]: sets $code and writes the body to $scratch/body.
+request() {
+  local args=(-sS -o "$scratch/body" -w '%{http_code}' -X "$1" --max-time 30)
+  [ $# -ge 3 ] && args+=(-H 'content-type: application/json' --data "$3")
+  code=$(curl "${args[@]}" "$gateway$2") || code=000
+}
+
+# json EXPRESSION: evaluates a Python expression over the last body, bound to `b`.
+json() {
+  python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' \
+    "$scratch/body" "$1" 2>/dev/null || echo "<not json: $(head -c 200 "$scratch/body")>"
+}
+
+chat() { request POST /chat "{\"user_id\":\"$1\",\"text\":\"$2\"}"; }
+
+# --- build ---------------------------------------------------------------------------
+if [ "${E2E_SKIP_BUILD:-0}" != 1 ]; then
+  say "building the images"
+  deploy/docker/build.sh
+fi
+
+# --- up --------------------------------------------------------------------------------
+compose down --volumes --remove-orphans >/dev/null 2>&1 || true
+for port in "${GATEWAY_PORT:-8080}" "${PROMETHEUS_PORT:-9090}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    say "127.0.0.1:$port is taken (make dev?): stop that, or set GATEWAY_PORT / PROMETHEUS_PORT"
+    exit 1
+  fi
+done
+say "starting the stack (project $project)"
+COMPOSE="$COMPOSE --project-name $project --env-file $env_file" UP_TIMEOUT=$healthy_within \
+  deploy/docker/up.sh | tee "$scratch/up"
+up_s=$(sed -n 's/.* healthy \([0-9.]*\) s after up$/\1/p' "$scratch/up")
+if awk -v s="$up_s" -v b=$budget_up 'BEGIN { exit !(s > b) }'; then
+  say "warning: up to healthy took ${up_s} s, over the ${budget_up} s budget"
+fi
+
+# --- the API, from outside -------------------------------------------------------------
+chat e2e hello
+reply=$(json 'b.get("reply", "")')
+if [ "$code" = 200 ] && [ -n "$reply" ]; then
+  pass "POST /chat answers 200 with a reply: ${reply:0:60}"
+else
+  fail "POST /chat: $code $(head -c 300 "$scratch/body")"
+fi
+
+request GET '/history?user_id=e2e'
+roles=$(json '",".join(m["role"] for m in b)')
+if [ "$code" = 200 ] && [ "$roles" = user,assistant ] && [ "$(json 'b[0]["text"]')" = hello ]; then
+  pass "GET /history has the 2 messages of the chat (user, assistant)"
+else
+  fail "GET /history: $code $(head -c 300 "$scratch/body")"
+fi
+
+chat e2e 'foo bar'
+if [ "$code" = 400 ] && [ "$(json 'b["error"]')" = 'text blocked by filter' ]; then
+  pass "a blocked text answers 400 \"text blocked by filter\""
+else
+  fail "blocked text: $code $(head -c 300 "$scratch/body")"
+fi
+request GET '/history?user_id=e2e'
+if [ "$(json 'len(b)')" = 2 ]; then
+  pass "the blocked text was not stored"
+else
+  fail "history after the blocked text: $(head -c 300 "$scratch/body")"
+fi
+
+answered=0
+for _ in $(seq 20); do
+  chat e2e-quota 'tell me something'
+  [ "$code" = 200 ] || break
+  answered=$((answered + 1))
+done
+if [ "$code" = 429 ] && [ "$(json 'b["error"]')" = quota_exceeded ] && [ $answered -ge 1 ]; then
+  pass "after $answered chats the quota is spent: 429 \"quota_exceeded\", $(json 'b.get("remaining")') left"
+else
+  fail "quota: after $answered chats $code $(head -c 300 "$scratch/body")"
+fi
+
+# --- Prometheus ------------------------------------------------------------------------
+services=$(for file in docker/*.Dockerfile; do basename "$file" .Dockerfile; done | sort)
+require_up=${E2E_REQUIRE_METRICS:-0}
+for _ in $(seq 60); do
+  curl -sS --max-time 5 -o "$scratch/body" "$prometheus/api/v1/targets?state=active" || true
+  # service health, for every service target scraped at least once
+  scraped=$(json '"\n".join(sorted("%s %s" % (t["labels"]["job"], t["health"]) for t in b["data"]["activeTargets"] if not t["lastScrape"].startswith("0001")))')
+  missing=$(comm -23 <(echo "$services") <(awk '{print $1}' <<<"$scraped" | sort))
+  down=$(grep -v ' up$' <<<"$scraped" | grep -F -w -f <(echo "$services") || true)
+  [ -z "$missing" ] && { [ "$require_up" != 1 ] || [ -z "$down" ]; } && break
+  sleep 0.5
+done
+if [ -z "$missing" ] && { [ "$require_up" != 1 ] || [ -z "$down" ]; }; then
+  pass "Prometheus scrapes every service: $(grep -F -w -f <(echo "$services") <<<"$scraped" |
+    tr '\n' ',' | sed 's/,$//; s/,/, /g')"
+else
+  fail "Prometheus targets: missing [$(tr '\n' ' ' <<<"$missing")], not up [$(tr '\n' ' ' <<<"$down")]"
+fi
+
+say "$passed passed, $failed failed"
+[ "$failed" = 0 ]
