@@ -6,7 +6,7 @@ SHELL := /bin/bash
 	images standins up down logs e2e
 
 help: ## list the verbs
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 test: deps ## run every test (starts a local Redis and MariaDB first)
 	cargo build --workspace --bins
@@ -66,7 +66,7 @@ up: images ## run everything in containers and wait until healthy (UI http://loc
 	deploy/docker/up.sh
 
 down: ## stop the containers and delete their volumes and network
-	$(COMPOSE) --profile observability down --volumes --remove-orphans
+	$(COMPOSE) down --volumes --remove-orphans
 
 logs: ## follow the containers' logs (make logs s=gateway for one)
 	$(COMPOSE) logs -f $(s)

@@ -10,8 +10,8 @@
 #                              official image's MYSQL_* variables and init scripts
 #   prometheus PROMETHEUS_IMAGE  Debian's prometheus
 #
-# Jaeger and Grafana have no Debian package and so no stand-in: they are in compose.yaml's
-# `observability` profile, which the air-gapped path leaves out.
+# Jaeger and Grafana have no Debian package and so no stand-in: they are left out of the
+# air-gapped stack, which `make up` and `make e2e` start without them.
 #
 # usage: deploy/docker/standins.sh [--force] [debian|rust|redis|mariadb|prometheus]...
 # With no names, every stand-in. An image that already exists is kept unless --force.

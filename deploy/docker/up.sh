@@ -2,7 +2,8 @@
 # `make up`: starts the compose stack from the images as they are, waits until every
 # container is healthy, and says how long that took and where to look.
 #
-#   COMPOSE_PROFILES=observability   also Jaeger and Grafana
+#   Jaeger and Grafana start when their images are here or can be pulled; air-gapped,
+#   with only the stand-ins of deploy/docker/standins.sh, the rest starts without them.
 #   UP_TIMEOUT=180                   seconds to wait for healthy before giving up
 #   COMPOSE                          the compose command (deploy/docker/images.sh)
 set -euo pipefail
@@ -11,7 +12,24 @@ source deploy/docker/images.sh
 
 timeout=${UP_TIMEOUT:-180}
 started=$(date +%s%N)
-$COMPOSE up -d --no-build
+services=()
+missing=()
+for service in $($COMPOSE config --services); do
+  case $service in
+    jaeger) image=$JAEGER_IMAGE ;;
+    grafana) image=$GRAFANA_IMAGE ;;
+    *) services+=("$service"); continue ;;
+  esac
+  if docker image inspect "$image" >/dev/null 2>&1 || timeout 60 docker pull -q "$image" >/dev/null 2>&1; then
+    services+=("$service")
+  else
+    missing+=("$service")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "up: no image for ${missing[*]} (no registry reachable?): starting without them"
+fi
+$COMPOSE up -d --no-build "${services[@]}"
 deadline=$((SECONDS + timeout))
 while :; do
   states=$($COMPOSE ps -a -q | xargs -r docker inspect -f \
@@ -30,7 +48,9 @@ elapsed=$(awk -v ns=$(($(date +%s%N) - started)) 'BEGIN { printf "%.1f", ns / 1e
 echo "up: $(wc -l <<<"$states") containers healthy ${elapsed} s after up"
 host=${PUBLISH_HOST:-127.0.0.1}
 echo "up: UI and API http://$host:${GATEWAY_PORT:-8080}  Prometheus http://$host:${PROMETHEUS_PORT:-9090}"
-case ",${COMPOSE_PROFILES:-}," in
-  *,observability,*)
-    echo "up: Grafana http://$host:${GRAFANA_PORT:-3000}  Jaeger http://$host:${JAEGER_PORT:-16686}" ;;
+case " ${services[*]} " in
+  *" grafana "*) echo "up: Grafana http://$host:${GRAFANA_PORT:-3000}" ;;
+esac
+case " ${services[*]} " in
+  *" jaeger "*) echo "up: Jaeger http://$host:${JAEGER_PORT:-16686}" ;;
 esac

@@ -10,7 +10,7 @@
 # a scrape target and has scraped each (E2E_REQUIRE_METRICS=1: and each is up).
 #
 #   E2E_SKIP_BUILD=1        use the images as they are
-#   COMPOSE_PROFILES=observability   also start Jaeger and Grafana (needs their images)
+#   Jaeger and Grafana run when their images are here (deploy/docker/up.sh decides)
 #   GATEWAY_PORT, PROMETHEUS_PORT    host ports (8080, 9090)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,10 +28,9 @@ while read -r name; do
   unset "$name"
 done < <(sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' "$env_file")
 # No collector unless Jaeger runs: an empty endpoint turns trace export off.
-case ",${COMPOSE_PROFILES:-}," in
-  *,observability,*) ;;
-  *) export OTEL_EXPORTER_OTLP_ENDPOINT= ;;
-esac
+if ! docker image inspect "$JAEGER_IMAGE" >/dev/null 2>&1; then
+  export OTEL_EXPORTER_OTLP_ENDPOINT=
+fi
 
 compose() { $COMPOSE --project-name "$project" --env-file "$env_file" "$@"; }
 say() { echo "e2e: $*"; }
