@@ -158,7 +158,8 @@ pub enum Upstream {
     ServerError,
     /// Waits this long, then echoes.
     Slow(Duration),
-    /// This reply; streamed with a pause before every chunk after the first.
+    /// This reply, streamed with a pause before every chunk after the role chunk (so
+    /// before the first word too).
     Streamed { text: String, chunk_delay: Duration },
     /// Streams this reply but cuts the connection after `after_chunks` content chunks.
     BrokenStream { text: String, after_chunks: usize },
@@ -429,7 +430,7 @@ impl StreamPlan {
                     return Some((Err(cut), (plan, usize::MAX, guard)));
                 }
                 let event = plan.events.get(index)?.clone();
-                if index > 1 && !plan.pace.is_zero() {
+                if index > 0 && !plan.pace.is_zero() {
                     tokio::time::sleep(plan.pace).await;
                 }
                 if index + 1 == plan.events.len() {

@@ -232,7 +232,7 @@ pub async fn chat_stream(
     backends: Backends,
     policy: Policy,
     request: ChatRequest,
-    head: oneshot::Sender<StreamHead>,
+    mut head: oneshot::Sender<StreamHead>,
 ) {
     let prepared = match prepare(&backends, &policy, request).await {
         Ok(prepared) => prepared,
@@ -246,16 +246,34 @@ pub async fn chat_stream(
         .complete_stream(prepared.completion_request())
         .await;
     let first = match opened {
-        Ok(mut chunks) => match tokio::time::timeout(patience, chunks.message()).await {
-            Ok(Ok(Some(first))) => Ok((chunks, first)),
-            Ok(Ok(None)) => Err(tonic::Status::internal(
-                "the llm stream ended before any text",
-            )),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(tonic::Status::deadline_exceeded(
-                "no text within the llm deadline",
-            )),
-        },
+        Ok(mut chunks) => {
+            let first = tokio::select! {
+                // The client left before the first text: cancel at once.
+                () = head.closed() => None,
+                first = tokio::time::timeout(patience, chunks.message()) => Some(first),
+            };
+            match first {
+                None => {
+                    drop(chunks);
+                    metrics::counter!("gateway_streams_total", "outcome" => "client_gone")
+                        .increment(1);
+                    tracing::info!("client left before the first delta; call cancelled");
+                    tokio::join!(
+                        prepared.settle(prepared.prompt_tokens),
+                        prepared.save("", true)
+                    );
+                    return;
+                }
+                Some(Ok(Ok(Some(first)))) => Ok((chunks, first)),
+                Some(Ok(Ok(None))) => Err(tonic::Status::internal(
+                    "the llm stream ended before any text",
+                )),
+                Some(Ok(Err(status))) => Err(status),
+                Some(Err(_)) => Err(tonic::Status::deadline_exceeded(
+                    "no text within the llm deadline",
+                )),
+            }
+        }
         Err(status) => Err(status),
     };
     let (mut chunks, first) = match first {

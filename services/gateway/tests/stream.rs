@@ -217,3 +217,57 @@ async fn a_client_that_leaves_mid_stream_cancels_upstream_and_pays_for_what_was_
     assert_eq!(stack.remaining("u1").await?, stack.daily_limit - charged);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_first_delta_cancels_upstream_at_once() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    // The provider answers its headers at once, then takes a long time per word.
+    stack.provider.then([Upstream::Streamed {
+        text: "slow words that nobody waits for".into(),
+        chunk_delay: Duration::from_secs(3),
+    }]);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()?;
+    let gave_up = impatient
+        .post(stack.url("/chat/stream"))
+        .json(&json!({"user_id": "u1", "text": "hello"}))
+        .send()
+        .await;
+    assert!(gave_up.is_err() || gave_up.is_ok_and(|response| response.status() == StatusCode::OK));
+    for _ in 0..100 {
+        if stack.provider.cancelled_streams() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stack.provider.cancelled_streams(),
+        1,
+        "cancelled long before the 3 s word"
+    );
+    // The prompt was processed by the provider, so it is charged; the empty reply is
+    // kept, marked incomplete, beside the user's message.
+    let mut history = Value::Null;
+    for _ in 0..100 {
+        history = stack
+            .http
+            .get(stack.url("/history?user_id=u1"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if history.as_array().is_some_and(|items| items.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(history[0]["text"], "hello");
+    assert_eq!(history[1]["incomplete"], true);
+    assert_eq!(
+        stack.remaining("u1").await?,
+        stack.daily_limit - prompt_tokens(&stack, 0)
+    );
+    Ok(())
+}
