@@ -606,13 +606,7 @@ async fn stopping_a_reply_keeps_the_partial_text_marked_incomplete() -> anyhow::
         // The server saves what was generated, marked incomplete, once it sees the hang-up.
         let deadline = Instant::now() + WAIT;
         let saved = loop {
-            let items: Vec<Value> = stack
-                .http
-                .get(stack.url("/history?user_id=u1"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let items = stack.history_items("u1").await?;
             if let Some(last) = items.last()
                 && last["role"] == "assistant"
             {

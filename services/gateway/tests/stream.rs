@@ -106,13 +106,7 @@ async fn a_streamed_chat_sends_start_deltas_and_done() -> anyhow::Result<()> {
     assert_eq!(done["remaining"].as_i64(), Some(stack.daily_limit - total));
     assert_eq!(done["history_saved"], true);
     assert_eq!(stack.remaining("u1").await?, stack.daily_limit - total);
-    let history: Value = stack
-        .http
-        .get(stack.url("/history?user_id=u1"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let history = stack.history_items("u1").await?;
     assert_eq!(history[1]["text"], "echo: Hello streaming world");
     assert_eq!(history[1]["incomplete"], false);
     Ok(())
@@ -161,13 +155,7 @@ async fn a_stream_that_breaks_half_way_charges_and_saves_what_was_generated() ->
     assert_eq!(error["incomplete"], true);
     let charged = prompt_tokens(&stack, 0) + tokens::count("alpha beta gamma ") as i64;
     assert_eq!(stack.remaining("u1").await?, stack.daily_limit - charged);
-    let history: Value = stack
-        .http
-        .get(stack.url("/history?user_id=u1"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let history = stack.history_items("u1").await?;
     assert_eq!(history[1]["text"], "alpha beta gamma ");
     assert_eq!(history[1]["incomplete"], true);
     Ok(())
@@ -195,20 +183,7 @@ async fn a_client_that_leaves_mid_stream_cancels_upstream_and_pays_for_what_was_
     }
     assert_eq!(stack.provider.cancelled_streams(), 1);
     // The partial reply is saved, marked incomplete, and charged.
-    let mut history = Value::Null;
-    for _ in 0..100 {
-        history = stack
-            .http
-            .get(stack.url("/history?user_id=u1"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if history.as_array().is_some_and(|items| items.len() == 2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let history = stack.history_with("u1", 2).await?;
     let partial = history[1]["text"].as_str().unwrap_or_default().to_owned();
     assert_eq!(history[1]["incomplete"], true);
     assert!(partial.starts_with("word1 word2 word3 "), "{partial:?}");
@@ -249,20 +224,7 @@ async fn a_client_that_leaves_before_the_first_delta_cancels_upstream_at_once() 
     );
     // The prompt was processed by the provider, so it is charged; the empty reply is
     // kept, marked incomplete, beside the user's message.
-    let mut history = Value::Null;
-    for _ in 0..100 {
-        history = stack
-            .http
-            .get(stack.url("/history?user_id=u1"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if history.as_array().is_some_and(|items| items.len() == 2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let history = stack.history_with("u1", 2).await?;
     assert_eq!(history[0]["text"], "hello");
     assert_eq!(history[1]["incomplete"], true);
     assert_eq!(

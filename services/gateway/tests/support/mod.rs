@@ -202,6 +202,34 @@ impl Stack {
             .collect())
     }
 
+    /// The user's history as the API returns it, every field included.
+    pub async fn history_items(&self, user_id: &str) -> anyhow::Result<Vec<Value>> {
+        let response = self
+            .http
+            .get(self.url(&format!("/history?user_id={user_id}")))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::OK,
+            "history: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+
+    /// The user's history once it holds `count` messages (work that finishes after the
+    /// client left saves in the background), or as it is after about two seconds.
+    pub async fn history_with(&self, user_id: &str, count: usize) -> anyhow::Result<Vec<Value>> {
+        for _ in 0..100 {
+            let items = self.history_items(user_id).await?;
+            if items.len() >= count {
+                return Ok(items);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.history_items(user_id).await
+    }
+
     pub async fn remaining(&self, user_id: &str) -> anyhow::Result<i64> {
         let body: Value = self
             .http
