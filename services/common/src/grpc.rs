@@ -12,8 +12,8 @@ use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
 use crate::observe::GrpcServerLayer;
+use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
 
 /// How long establishing a TCP connection to a service may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -39,21 +39,6 @@ pub fn request<T>(message: T, deadline: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(deadline);
     request
-}
-
-/// Awaits a client call, giving up with `DEADLINE_EXCEEDED` when `deadline` passes even
-/// if the server never answers.
-pub async fn call<T>(
-    deadline: Duration,
-    call: impl Future<Output = Result<Response<T>, Status>>,
-) -> Result<T, Status> {
-    match tokio::time::timeout(deadline, call).await {
-        Ok(result) => result.map(Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no answer within {} ms",
-            deadline.as_millis()
-        ))),
-    }
 }
 
 /// The deadline the caller set on `request`, read from its `grpc-timeout` header.
