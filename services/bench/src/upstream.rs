@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 pub const MODEL: &str = "bench-model";
@@ -151,5 +152,3 @@ async fn completions(State(prepared): State<Arc<Prepared>>, body: Bytes) -> Resp
     )
         .into_response()
 }
-
-use futures::StreamExt as _;

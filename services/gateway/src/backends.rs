@@ -45,10 +45,10 @@ impl Backends {
             token: TokenServiceClient::new(lazy_channel(&settings.token_addr)?),
             llm: LlmServiceClient::new(lazy_channel(&settings.llm_addr)?),
             history: HistoryServiceClient::new(lazy_channel(&settings.history_addr)?),
-            filter_deadline: Settings::millis(settings.filter_timeout_ms),
-            token_deadline: Settings::millis(settings.token_timeout_ms),
-            llm_deadline: Settings::millis(settings.llm_timeout_ms),
-            history_deadline: Settings::millis(settings.history_timeout_ms),
+            filter_deadline: Duration::from_millis(settings.filter_timeout_ms),
+            token_deadline: Duration::from_millis(settings.token_timeout_ms),
+            llm_deadline: Duration::from_millis(settings.llm_timeout_ms),
+            history_deadline: Duration::from_millis(settings.history_timeout_ms),
         })
     }
 

@@ -16,7 +16,6 @@ mod rate_limit;
 mod routes;
 
 use std::future::Future;
-use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -84,12 +83,6 @@ impl Default for Settings {
             min_reservation: 200,
             system_prompt: String::new(),
         }
-    }
-}
-
-impl Settings {
-    fn millis(ms: u64) -> Duration {
-        Duration::from_millis(ms)
     }
 }
 

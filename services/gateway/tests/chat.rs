@@ -117,6 +117,16 @@ async fn history_is_oldest_first_and_keeps_chinese_and_emoji() -> anyhow::Result
     Ok(())
 }
 
+/// The `Retry-After` header in seconds, 0 when absent.
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn post_raw(
     stack: &Stack,
     body: impl Into<reqwest::Body>,
@@ -338,12 +348,7 @@ async fn a_spent_quota_is_429_with_retry_after_until_the_reset() -> anyhow::Resu
         anyhow::ensure!(spent <= 400, "spent past the limit");
     };
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = refused
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
+    let retry_after = retry_after(&refused);
     assert!((1..=86_400).contains(&retry_after), "{retry_after}");
     let body: Value = refused.json().await?;
     assert_eq!(body["error"], "quota_exceeded");
@@ -397,12 +402,7 @@ async fn the_rate_limiter_answers_429_at_once_with_retry_after() -> anyhow::Resu
         .send()
         .await?;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
+    let retry_after = retry_after(&response);
     assert!((1..=30).contains(&retry_after), "{retry_after}");
     let body: Value = response.json().await?;
     assert_eq!(body["error"], "rate_limited");

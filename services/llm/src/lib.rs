@@ -17,7 +17,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-pub use provider::{Llm, ProviderKind};
+pub use provider::{ChunkStream, Llm, ProviderKind};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]

@@ -169,6 +169,11 @@ fn an_openai_provider_without_a_key_stops_the_service() {
     assert!(error.contains("OPENAI_API_KEY"), "{error}");
 }
 
+async fn open_stream(llm: &Llm) -> Result<chat_llm::ChunkStream, tonic::Status> {
+    let request = chat_common::grpc::request(conversation(), Duration::from_secs(5));
+    Ok(llm.complete_stream(request).await?.into_inner())
+}
+
 /// Collects a streamed completion: the text, and the final chunk's usage.
 async fn collect(
     llm: &Llm,
@@ -179,13 +184,7 @@ async fn collect(
     Option<tonic::Status>,
 )> {
     use futures::StreamExt;
-    let mut chunks = llm
-        .complete_stream(chat_common::grpc::request(
-            conversation(),
-            Duration::from_secs(5),
-        ))
-        .await?
-        .into_inner();
+    let mut chunks = open_stream(llm).await?;
     let (mut deltas, mut usage, mut model, mut error) = (Vec::new(), None, String::new(), None);
     while let Some(chunk) = chunks.next().await {
         match chunk {
@@ -242,13 +241,7 @@ async fn dropping_the_stream_cancels_the_upstream_request() -> anyhow::Result<()
         chunk_delay: Duration::from_millis(100),
     }]);
     let llm = llm(&fake)?;
-    let mut chunks = llm
-        .complete_stream(chat_common::grpc::request(
-            conversation(),
-            Duration::from_secs(5),
-        ))
-        .await?
-        .into_inner();
+    let mut chunks = open_stream(&llm).await?;
     let first = chunks.next().await.transpose()?;
     assert_eq!(first.map(|chunk| chunk.delta).as_deref(), Some("a "));
     drop(chunks);

@@ -179,26 +179,14 @@ impl Stack {
         Ok((response.status(), response.json().await?))
     }
 
+    /// The user's history as (role, text) pairs, oldest first.
     pub async fn history(&self, user_id: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let response = self
-            .http
-            .get(self.url(&format!("/history?user_id={user_id}")))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::OK,
-            "history: {}",
-            response.status()
-        );
-        let items: Vec<Value> = response.json().await?;
-        Ok(items
+        let text = |item: &Value, field: &str| item[field].as_str().unwrap_or_default().to_owned();
+        Ok(self
+            .history_items(user_id)
+            .await?
             .iter()
-            .map(|item| {
-                (
-                    item["role"].as_str().unwrap_or_default().to_owned(),
-                    item["text"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
+            .map(|item| (text(item, "role"), text(item, "text")))
             .collect())
     }
 
