@@ -11,7 +11,7 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
-use crate::observe::GrpcServerLayer;
+use crate::observe::{GrpcClient, GrpcClientLayer, GrpcServerLayer};
 use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
 
@@ -32,6 +32,15 @@ pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
         .connect_lazy())
+}
+
+/// A client channel traced and counted by [`GrpcClientLayer`]: what every client of a
+/// service is built on.
+pub type ObservedChannel = GrpcClient<Channel>;
+
+/// A [`lazy_channel`] under the [`GrpcClientLayer`].
+pub fn observed_channel(addr: &str) -> Result<ObservedChannel, tonic::transport::Error> {
+    Ok(tower::Layer::layer(&GrpcClientLayer, lazy_channel(addr)?))
 }
 
 /// Wraps `message` in a request whose deadline travels to the server as `grpc-timeout`.

@@ -1,5 +1,6 @@
-//! Spans and metrics for what crosses a process boundary: gRPC calls on both sides
-//! (with W3C trace context carried in the metadata), and Redis and MySQL operations.
+//! Spans and metrics for what crosses a process boundary: gRPC calls on both sides, as
+//! tower layers (with W3C trace context carried in the headers), and Redis and MySQL
+//! operations.
 //! Health checks are neither traced nor counted.
 
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge, histogram};
 use opentelemetry::global;
 use opentelemetry::propagation::{Extractor, Injector};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -51,13 +52,14 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+/// Writes W3C trace context into an outgoing request's headers.
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
-impl Injector for MetadataInjector<'_> {
+impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         if let (Ok(key), Ok(value)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            value.parse(),
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
         ) {
             self.0.insert(key, value);
         }
@@ -69,97 +71,144 @@ pub fn remote_parent(headers: &http::HeaderMap) -> opentelemetry::Context {
     global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
 }
 
-/// One unary gRPC call as a client: a client span, the trace context and deadline in
-/// the request, a deadline enforced here too (a server that never answers cannot hang
-/// the caller), and `rpc_client_*` metrics.
-pub async fn unary<M, T, F, Fut>(
-    service: &'static str,
-    method: &'static str,
-    deadline: Duration,
-    message: M,
-    call: F,
-) -> Result<T, Status>
-where
-    F: FnOnce(Request<M>) -> Fut,
-    Fut: Future<Output = Result<Response<T>, Status>>,
-{
-    observed_call(service, method, deadline, true, message, call).await
-}
+/// How long a client call may take until the server starts answering, enforced by
+/// [`GrpcClientLayer`] (a server that never answers cannot hang the caller). A unary
+/// call also sends it as `grpc-timeout`; a stream's deadline bounds only its opening,
+/// and its caller bounds the wait for each message.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Duration);
 
-/// Opens a server-streaming gRPC call as a client, traced and counted like [`unary`].
-/// `deadline` bounds only the opening (until the server answers with its headers): the
-/// stream itself may run longer, and the caller bounds the wait for each message.
-pub async fn server_streaming<M, T, F, Fut>(
-    service: &'static str,
-    method: &'static str,
-    deadline: Duration,
-    message: M,
-    call: F,
-) -> Result<tonic::Streaming<T>, Status>
-where
-    F: FnOnce(Request<M>) -> Fut,
-    Fut: Future<Output = Result<Response<tonic::Streaming<T>>, Status>>,
-{
-    observed_call(service, method, deadline, false, message, call).await
-}
-
-async fn observed_call<M, T, F, Fut>(
-    service: &'static str,
-    method: &'static str,
-    deadline: Duration,
-    send_deadline: bool,
-    message: M,
-    call: F,
-) -> Result<T, Status>
-where
-    F: FnOnce(Request<M>) -> Fut,
-    Fut: Future<Output = Result<Response<T>, Status>>,
-{
-    let span = tracing::info_span!(
-        "grpc call",
-        otel.name = format!("{service}/{method}"),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = Empty,
-    );
-    let started = Instant::now();
-    let outcome = async {
+impl Deadline {
+    /// A unary request: the deadline is enforced here and sent to the server.
+    pub fn unary<M>(self, message: M) -> Request<M> {
         let mut request = Request::new(message);
-        if send_deadline {
-            request.set_timeout(deadline);
-        }
-        let context = tracing::Span::current().context();
-        global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
-        });
-        match tokio::time::timeout(deadline, call(request)).await {
-            Ok(result) => result.map(Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer within {} ms",
-                deadline.as_millis()
-            ))),
-        }
+        request.set_timeout(self.0);
+        request.extensions_mut().insert(self);
+        request
     }
-    .instrument(span.clone())
-    .await;
-    let code = outcome
-        .as_ref()
-        .map_or_else(Status::code, |_| tonic::Code::Ok);
+
+    /// A streaming request: the deadline bounds the opening only, so it is not sent.
+    pub fn opening<M>(self, message: M) -> Request<M> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(self);
+        request
+    }
+}
+
+/// Tower layer for tonic client channels: a client span per call with the W3C trace
+/// context in the request, the call's [`Deadline`] enforced, and `rpc_client_*`
+/// metrics by service, method and status code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcClientLayer;
+
+impl<S> tower::Layer<S> for GrpcClientLayer {
+    type Service = GrpcClient<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcClient { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcClient<S> {
+    inner: S,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcClient<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (service, method) = service_and_method(request.uri().path());
+        let span = tracing::info_span!(
+            "grpc call",
+            otel.name = format!("{service}/{method}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = Empty,
+        );
+        let context = span.context();
+        global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()));
+        });
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        let started = Instant::now();
+        let future = inner.call(request);
+        Box::pin(
+            async move {
+                let outcome = match deadline {
+                    Some(deadline) => match tokio::time::timeout(deadline, future).await {
+                        Ok(outcome) => outcome.map_err(Into::into),
+                        Err(_) => Err(Box::new(Status::deadline_exceeded(format!(
+                            "no answer within {} ms",
+                            deadline.as_millis()
+                        ))) as BoxError),
+                    },
+                    None => future.await.map_err(Into::into),
+                };
+                let code = match &outcome {
+                    Ok(response) => grpc_status(response.headers()),
+                    Err(error) => error
+                        .downcast_ref::<Status>()
+                        .map_or(tonic::Code::Unavailable, Status::code),
+                };
+                record_status(&tracing::Span::current(), code);
+                let labels = [
+                    ("service", service),
+                    ("method", method),
+                    ("code", code_name(code).to_owned()),
+                ];
+                counter!("rpc_client_requests_total", &labels).increment(1);
+                histogram!("rpc_client_request_duration_seconds", &labels)
+                    .record(started.elapsed());
+                outcome
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// `("chat.v1.FilterService", "Filter")` from `/chat.v1.FilterService/Filter`.
+fn service_and_method(path: &str) -> (String, String) {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .map(|(service, method)| (service.to_owned(), method.to_owned()))
+        .unwrap_or_else(|| (path.to_owned(), String::new()))
+}
+
+/// The status of a response from its headers. Tonic answers errors as trailers-only
+/// responses, with the status in the headers; a response without one carries OK in
+/// its trailers.
+fn grpc_status(headers: &http::HeaderMap) -> tonic::Code {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
+fn record_status(span: &tracing::Span, code: tonic::Code) {
     span.record("rpc.grpc.status_code", code as i64);
     if code != tonic::Code::Ok {
         span.record("otel.status_code", "ERROR");
     }
-    let labels = [
-        ("service", service),
-        ("method", method),
-        ("code", code_name(code)),
-    ];
-    counter!("rpc_client_requests_total", &labels).increment(1);
-    histogram!("rpc_client_request_duration_seconds", &labels).record(started.elapsed());
-    outcome
 }
 
 /// One Redis or MySQL operation: a client span with the database conventions, and
@@ -227,12 +276,7 @@ where
         // The ready service is the one to call; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let path = request.uri().path();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .map(|(service, method)| (service.to_owned(), method.to_owned()))
-            .unwrap_or_else(|| (path.to_owned(), String::new()));
+        let (service, method) = service_and_method(request.uri().path());
         if service.starts_with("grpc.health") {
             return Box::pin(inner.call(request));
         }
@@ -256,21 +300,11 @@ where
         };
         Box::pin(async move {
             let result = future.instrument(span.clone()).await;
-            // Tonic answers errors as trailers-only responses: the status is in the
-            // headers. A response without one carries OK in its trailers.
             let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Ok(response) => grpc_status(response.headers()),
                 Err(_) => tonic::Code::Unknown,
             };
-            span.record("rpc.grpc.status_code", code as i64);
-            if code != tonic::Code::Ok {
-                span.record("otel.status_code", "ERROR");
-            }
+            record_status(&span, code);
             let labels = [
                 ("service", service),
                 ("method", method),

@@ -1,6 +1,8 @@
 //! Every way a request can fail, mapped once to an HTTP status and a JSON body
-//! `{"error": "...", "detail": "..."}`. 5xx bodies say which service failed and how,
-//! never a stack trace; the full cause goes to the log.
+//! `{"error": "...", "code": "...", "detail": "..."}`. `error` is the original's
+//! string, kept for its clients; `code` is stable snake_case for programs (the UI
+//! matches on it, never on prose). 5xx bodies say which service failed and how, never
+//! a stack trace; the full cause goes to the log.
 
 use std::time::Duration;
 
@@ -106,13 +108,39 @@ impl ApiError {
         }
     }
 
-    /// The JSON body: `{"error", "detail"}`, plus the quota for `quota_exceeded`.
+    /// The stable, machine-readable name of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadJson(_) => "bad_request",
+            Self::InvalidUserId(_) => "invalid_user_id",
+            Self::InvalidText(_) => "invalid_text",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Blocked(_) => "blocked",
+            Self::RateLimited(_) => "rate_limited",
+            Self::ProviderRateLimited(_) => "provider_rate_limited",
+            Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::InsufficientQuota(_) => "insufficient_quota",
+            Self::Dependency { status, .. } => match status.code() {
+                Code::Unavailable => "service_unavailable",
+                Code::DeadlineExceeded | Code::Cancelled => "service_timeout",
+                _ => "service_failed",
+            },
+        }
+    }
+
+    /// The JSON body: `{"error", "code", "detail"}`, the failed `service` for a
+    /// dependency, and the quota for `quota_exceeded`.
     pub fn body(&self) -> serde_json::Value {
-        let mut body = json!({"error": self.to_string(), "detail": self.detail()});
-        if let Self::QuotaExceeded(quota) = self {
-            body["remaining"] = quota.remaining.into();
-            body["limit"] = quota.limit.into();
-            body["reset_after_seconds"] = quota.reset_after_seconds.into();
+        let mut body =
+            json!({"error": self.to_string(), "code": self.code(), "detail": self.detail()});
+        match self {
+            Self::QuotaExceeded(quota) => {
+                body["remaining"] = quota.remaining.into();
+                body["limit"] = quota.limit.into();
+                body["reset_after_seconds"] = quota.reset_after_seconds.into();
+            }
+            Self::Dependency { service, .. } => body["service"] = (*service).into(),
+            _ => {}
         }
         body
     }
@@ -173,7 +201,16 @@ mod tests {
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
+            let code = error.code();
+            assert!(
+                !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{code}"
+            );
+            assert_eq!(error.body()["code"], code);
         }
+        let failed = ApiError::dependency("history", Status::unavailable("x")).body();
+        assert_eq!(failed["code"], "service_unavailable");
+        assert_eq!(failed["service"], "history");
         assert_eq!(
             ApiError::RateLimited(Duration::from_millis(1500)).retry_after(),
             Some(2)

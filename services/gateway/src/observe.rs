@@ -9,7 +9,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::{counter, gauge, histogram};
 use opentelemetry::trace::TraceContextExt;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -39,8 +38,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
         http.response.status_code = Empty,
     );
     let _ = span.set_parent(chat_common::observe::remote_parent(request.headers()));
-    let active = gauge!("http_server_active_requests");
-    active.increment(1.0);
+    let active = crate::metrics::http_request_started();
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
@@ -48,14 +46,8 @@ pub async fn observe(request: Request, next: Next) -> Response {
     if status >= 500 {
         span.record("otel.status_code", "ERROR");
     }
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", status.to_string()),
-    ];
-    counter!("http_server_requests_total", &labels).increment(1);
-    histogram!("http_server_request_duration_seconds", &labels).record(started.elapsed());
-    active.decrement(1.0);
+    crate::metrics::http_request(&method, &route, status, started.elapsed());
+    drop(active);
     let context = span.context();
     let span_context = context.span().span_context().clone();
     if span_context.is_valid()

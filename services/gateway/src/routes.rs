@@ -58,7 +58,7 @@ pub fn router(settings: &Settings) -> anyhow::Result<Router> {
 fn admit(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<ChatRequest, ApiError> {
     if let Some(limiter) = &state.limiter {
         limiter.check().map_err(|wait| {
-            metrics::counter!("gateway_rate_limited_total").increment(1);
+            crate::metrics::rate_limited();
             ApiError::RateLimited(wait)
         })?;
     }
@@ -223,7 +223,7 @@ async fn fallback(method: Method) -> Response {
     }
     (
         StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": "not found", "detail": "no such endpoint"})),
+        Json(json!({"error": "not found", "code": "not_found", "detail": "no such endpoint"})),
     )
         .into_response()
 }

@@ -204,6 +204,13 @@ async fn bad_input_gets_a_clear_json_error_and_costs_nothing() -> anyhow::Result
             got["detail"].as_str().is_some_and(|d| !d.is_empty()),
             "{got}"
         );
+        // The stable code programs match on: the original's string in snake_case.
+        let code = match error {
+            "bad json or missing user_id" => "bad_request".to_owned(),
+            "text blocked by filter" => "blocked".to_owned(),
+            other => other.replace(' ', "_"),
+        };
+        assert_eq!(got["code"].as_str(), Some(code.as_str()), "{got}");
     }
     let (_, blocked) = post_raw(&stack, r#"{"user_id":"u1","text":"foo bar"}"#).await?;
     assert!(
@@ -423,6 +430,8 @@ async fn a_service_that_is_down_is_a_prompt_5xx_not_a_hang() -> anyhow::Result<(
     let (status, body) = stack.chat("u1", "hello").await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "token failed");
+    assert_eq!(body["code"], "service_unavailable");
+    assert_eq!(body["service"], "token");
     assert!(stack.provider.requests().is_empty());
     Ok(())
 }

@@ -7,6 +7,8 @@ use deadpool_redis::Pool;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics;
+
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/append.lua")));
 static REFILL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/refill.lua")));
 
@@ -20,6 +22,21 @@ pub struct CachedMessage {
     /// A reply cut short; absent in entries cached before the field existed.
     #[serde(default)]
     pub incomplete: bool,
+}
+
+/// Why the cache could not answer. Never shown to a caller: the store logs it and
+/// falls back to MySQL, the source of truth.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis unavailable: {0}")]
+    Unavailable(deadpool_redis::PoolError),
+    #[error("redis failed: {0}")]
+    Failed(redis::RedisError),
+    #[error("redis timed out")]
+    TimedOut,
+    /// In practice only when reading back an entry this code did not write.
+    #[error("cache entry is not the expected json: {0}")]
+    Json(serde_json::Error),
 }
 
 pub struct Cache {
@@ -55,17 +72,17 @@ impl Cache {
         &self,
         name: &'static str,
         operation: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, CacheError> {
         let work = async {
-            let mut connection = self.pool.get().await?;
-            Ok::<T, anyhow::Error>(operation(&mut connection).await?)
+            let mut connection = self.pool.get().await.map_err(CacheError::Unavailable)?;
+            operation(&mut connection).await.map_err(CacheError::Failed)
         };
         let timed = async {
             tokio::time::timeout(self.timeout, work)
                 .await
-                .map_err(|_| anyhow::anyhow!("redis timed out"))?
+                .map_err(|_| CacheError::TimedOut)?
         };
-        chat_common::observe::db("redis", name, timed).await
+        chat_common::observe::db(metrics::REDIS, name, timed).await
     }
 
     /// The newest `limit` messages, newest first, or `None` on a miss.
@@ -73,7 +90,7 @@ impl Cache {
         &self,
         user_id: &str,
         limit: u32,
-    ) -> anyhow::Result<Option<Vec<CachedMessage>>> {
+    ) -> Result<Option<Vec<CachedMessage>>, CacheError> {
         let (list, _) = self.keys(user_id);
         let raw: Vec<String> = self
             .run("lrange", async |connection| {
@@ -91,12 +108,13 @@ impl Cache {
         let messages = raw
             .iter()
             .map(|item| serde_json::from_str(item))
-            .collect::<Result<Vec<CachedMessage>, _>>()?;
+            .collect::<Result<Vec<CachedMessage>, _>>()
+            .map_err(CacheError::Json)?;
         Ok(Some(messages))
     }
 
     /// The version to hand to [`Cache::refill`] after reading MySQL.
-    pub async fn version(&self, user_id: &str) -> anyhow::Result<String> {
+    pub async fn version(&self, user_id: &str) -> Result<String, CacheError> {
         let (_, version) = self.keys(user_id);
         let current: Option<String> = self
             .run("get", async |connection| {
@@ -115,12 +133,13 @@ impl Cache {
         user_id: &str,
         version: &str,
         newest_first: &[CachedMessage],
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, CacheError> {
         let (list, version_key) = self.keys(user_id);
         let items = newest_first
             .iter()
             .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CacheError::Json)?;
         let mut invocation = REFILL.key(list);
         invocation
             .key(version_key)
@@ -140,12 +159,13 @@ impl Cache {
         &self,
         user_id: &str,
         oldest_first: &[CachedMessage],
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), CacheError> {
         let (list, version_key) = self.keys(user_id);
         let items = oldest_first
             .iter()
             .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CacheError::Json)?;
         let mut invocation = APPEND.key(list);
         invocation
             .key(version_key)

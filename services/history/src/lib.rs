@@ -6,74 +6,29 @@
 //! refills the cache. A per-user version counter keeps a refill that raced a save from
 //! caching a list without the saved messages. The schema is created and upgraded by the
 //! versioned migrations in `deploy/mysql/migrations` at start.
+//!
+//! The request path is `store.rs`; `service.rs` is the gRPC edge over it.
 
 mod cache;
 mod dsn;
+mod error;
+mod metrics;
 mod migrations;
+mod service;
+mod settings;
 mod store;
 mod writer;
 
 use std::future::Future;
 
 use chat_proto::history_service_server::HistoryServiceServer;
-use secrecy::SecretString;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
 pub use dsn::mysql_opts;
+pub use error::HistoryError;
 pub use migrations::migrate;
+pub use settings::Settings;
 pub use store::History;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct Settings {
-    /// Address the gRPC server binds (`HISTORY_LISTEN`).
-    pub history_listen: String,
-    /// Address of the Prometheus metrics endpoint, `GET /metrics`
-    /// (`HISTORY_METRICS_LISTEN`; empty turns it off).
-    pub history_metrics_listen: String,
-    /// `mysql://user:pass@host:3306/db` or the original's Go form
-    /// `user:pass@tcp(host:3306)/db?...` (`MYSQL_DSN`). Secret: it holds a password.
-    pub mysql_dsn: SecretString,
-    /// `host:port` or `redis://` URL (`REDIS_ADDR`).
-    pub redis_addr: String,
-    /// Prepended to every key, to share one Redis between deployments or tests.
-    pub redis_key_prefix: String,
-    /// Messages kept in each user's cached list (`HISTORY_CACHE_SIZE`).
-    pub history_cache_size: u32,
-    /// A cached list unused this long expires, bounding staleness after an outage.
-    pub history_cache_ttl_secs: u64,
-    /// Messages a `List` without a limit returns.
-    pub history_default_limit: u32,
-    /// Most messages one `List` may return.
-    pub history_max_limit: u32,
-    /// Per-operation timeout for MySQL and Redis, so an outage answers promptly.
-    pub store_timeout_ms: u64,
-    /// Tasks committing saves; each commits whatever saves wait, as one INSERT
-    /// (`HISTORY_WRITERS`).
-    pub history_writers: usize,
-    /// Most rows in one group-committed INSERT (`HISTORY_BATCH_ROWS`).
-    pub history_batch_rows: usize,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            history_listen: "0.0.0.0:50054".to_owned(),
-            history_metrics_listen: "0.0.0.0:9054".to_owned(),
-            mysql_dsn: SecretString::from("mysql://root:root@localhost:3306/chatdb"),
-            redis_addr: "localhost:6379".to_owned(),
-            redis_key_prefix: String::new(),
-            history_cache_size: 40,
-            history_cache_ttl_secs: 24 * 3600,
-            history_default_limit: 40,
-            history_max_limit: 200,
-            store_timeout_ms: 2000,
-            history_writers: 4,
-            history_batch_rows: 256,
-        }
-    }
-}
 
 /// Migrates the schema, then serves history on `listener` until `shutdown` resolves.
 pub async fn run(
@@ -82,10 +37,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     chat_common::metrics::spawn_server(&settings.history_metrics_listen).await?;
-    // Series that only move on rare events exist from the start, at zero.
-    for result in ["hit", "miss", "bypass", "error"] {
-        metrics::counter!("history_cache_requests_total", "result" => result).increment(0);
-    }
+    metrics::register();
     let history = History::connect(&settings).await?;
     let (reporter, health) = chat_common::grpc::health();
     reporter
@@ -97,19 +49,4 @@ pub async fn run(
     let served = chat_common::grpc::serve(router, listener, shutdown).await;
     history.close().await;
     served
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_mysql_password_never_shows_in_debug_output() {
-        let settings = Settings {
-            mysql_dsn: SecretString::from("mysql://chat:hunter2@db:3306/chatdb"),
-            ..Settings::default()
-        };
-        let shown = format!("{settings:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-    }
 }

@@ -1,5 +1,18 @@
 //! Versioned schema migrations, applied at start. Safe to run from many replicas at
 //! once (a named lock serialises them) and again on an up-to-date schema.
+//!
+//! Every change lives in its `.sql` file under `deploy/mysql/migrations`, written to
+//! run on MySQL 8 and MariaDB 10.11 and to be a no-op where its change is already
+//! made. Each file goes to the server whole, as one multi-statement query, so the
+//! server's own parser splits it, comments and quoted semicolons included.
+//!
+//! Why our own runner rather than a migration crate: the one maintained crate that
+//! drives `mysql_async`, refinery, takes no lock between replicas (we would wrap it in
+//! this one anyway), wants `V1__name.sql` file names and keeps its own history table,
+//! so every database already migrated would run everything again (0002 rebuilds the
+//! whole table), and it enables mysql_async's C zlib backend and needs a newer Rust
+//! than this workspace's `rust-version`. What is left here is a lock, a table of
+//! applied versions and a loop.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
@@ -8,11 +21,6 @@ struct Migration {
     version: u32,
     name: &'static str,
     sql: &'static str,
-    /// Indexes to add when missing, as (table, index, columns): MySQL 8 has no
-    /// `CREATE INDEX IF NOT EXISTS`.
-    indexes: &'static [(&'static str, &'static str, &'static str)],
-    /// Columns to add when missing, as (table, column, definition).
-    columns: &'static [(&'static str, &'static str, &'static str)],
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -20,26 +28,16 @@ const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "create_chat_history",
         sql: include_str!("../../../deploy/mysql/migrations/0001_create_chat_history.sql"),
-        indexes: &[],
-        columns: &[],
     },
     Migration {
         version: 2,
         name: "upgrade_original_table",
         sql: include_str!("../../../deploy/mysql/migrations/0002_upgrade_original_table.sql"),
-        indexes: &[("chat_history", "idx_chat_history_user_id_id", "user_id, id")],
-        columns: &[],
     },
     Migration {
         version: 3,
         name: "incomplete_replies",
         sql: include_str!("../../../deploy/mysql/migrations/0003_incomplete_replies.sql"),
-        indexes: &[],
-        columns: &[(
-            "chat_history",
-            "incomplete",
-            "BOOLEAN NOT NULL DEFAULT FALSE",
-        )],
     },
 ];
 
@@ -56,10 +54,13 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<usize> {
         "could not take the migration lock in 60 s"
     );
     let applied = apply_pending(&mut connection).await;
-    let _: Option<i64> = connection
+    let released: Result<Option<i64>, _> = connection
         .exec_first("SELECT RELEASE_LOCK(?)", (LOCK,))
-        .await?;
-    applied
+        .await;
+    // A failed migration is the news; a lock that could not be released after it is not.
+    let ran = applied?;
+    released?;
+    Ok(ran)
 }
 
 async fn apply_pending(connection: &mut Conn) -> anyhow::Result<usize> {
@@ -77,30 +78,16 @@ async fn apply_pending(connection: &mut Conn) -> anyhow::Result<usize> {
         .await?;
     let mut ran = 0;
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        for statement in statements(migration.sql) {
-            connection.query_drop(statement).await.map_err(|error| {
+        connection
+            .query_drop(migration.sql)
+            .await
+            .map_err(|error| {
                 anyhow::anyhow!(
                     "migration {} ({}) failed: {error}",
                     migration.version,
                     migration.name
                 )
             })?;
-        }
-        // MySQL 8 has neither ADD COLUMN IF NOT EXISTS nor CREATE INDEX IF NOT EXISTS:
-        // look in the catalogue first.
-        for (table, column, definition) in migration.columns {
-            let missing = !exists(connection, "columns", "column_name", table, column).await?;
-            if missing {
-                let sql = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
-                connection.query_drop(sql).await?;
-            }
-        }
-        for (table, index, columns) in migration.indexes {
-            if !exists(connection, "statistics", "index_name", table, index).await? {
-                let sql = format!("CREATE INDEX {index} ON {table} ({columns})");
-                connection.query_drop(sql).await?;
-            }
-        }
         connection
             .exec_drop(
                 "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
@@ -117,62 +104,16 @@ async fn apply_pending(connection: &mut Conn) -> anyhow::Result<usize> {
     Ok(ran)
 }
 
-/// Whether `information_schema.<view>` lists `name` (in `name_column`) for `table`.
-async fn exists(
-    connection: &mut Conn,
-    view: &str,
-    name_column: &str,
-    table: &str,
-    name: &str,
-) -> anyhow::Result<bool> {
-    let sql = format!(
-        "SELECT COUNT(*) FROM information_schema.{view}
-         WHERE table_schema = DATABASE() AND table_name = ? AND {name_column} = ?"
-    );
-    let count: Option<i64> = connection.exec_first(sql, (table, name)).await?;
-    Ok(count.unwrap_or(0) > 0)
-}
-
-/// Splits a migration file into statements: `;` at the end of a line ends one, and
-/// `--` comment lines are dropped.
-fn statements(sql: &str) -> Vec<String> {
-    let mut statements = Vec::new();
-    let mut current = String::new();
-    for line in sql.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("--") || trimmed.is_empty() {
-            continue;
-        }
-        current.push_str(line);
-        current.push('\n');
-        if trimmed.ends_with(';') {
-            statements.push(current.trim().trim_end_matches(';').to_owned());
-            current.clear();
-        }
-    }
-    if !current.trim().is_empty() {
-        statements.push(current.trim().to_owned());
-    }
-    statements
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_migration_splits_into_statements() {
-        assert_eq!(statements(MIGRATIONS[0].sql).len(), 1);
-        assert_eq!(statements(MIGRATIONS[1].sql).len(), 2);
-        assert_eq!(statements(MIGRATIONS[2].sql).len(), 1);
+    fn migrations_are_in_version_order() {
         assert!(
             MIGRATIONS
                 .windows(2)
                 .all(|pair| pair[0].version < pair[1].version)
-        );
-        assert_eq!(
-            statements("-- c\nSELECT 1;\nSELECT\n 2;"),
-            ["SELECT 1", "SELECT\n 2"]
         );
     }
 }

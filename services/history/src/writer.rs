@@ -11,11 +11,12 @@ use chat_proto::Role;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tonic::Status;
 
 use crate::cache::CachedMessage;
+use crate::error::HistoryError;
+use crate::metrics;
 
-type Saved = Result<Vec<CachedMessage>, Status>;
+type Saved = Result<Vec<CachedMessage>, HistoryError>;
 
 /// One message to save: its role, its text, and whether it was cut short.
 pub type Row = (Role, String, bool);
@@ -58,10 +59,8 @@ impl Writer {
         self.jobs
             .send(job)
             .await
-            .map_err(|_| Status::unavailable("history writer stopped"))?;
-        answer
-            .await
-            .map_err(|_| Status::internal("history writer dropped the save"))?
+            .map_err(|_| HistoryError::WriterStopped)?;
+        answer.await.map_err(|_| HistoryError::WriterDroppedSave)?
     }
 }
 
@@ -71,45 +70,53 @@ async fn write_batches(
     timeout: Duration,
     max_rows: usize,
 ) {
-    loop {
-        let batch = {
-            let mut queue = queue.lock().await;
-            let Some(first) = queue.recv().await else {
-                return;
-            };
-            let mut rows = first.rows.len();
-            let mut batch = vec![first];
-            while rows < max_rows {
-                match queue.try_recv() {
-                    Ok(job) => {
-                        rows += job.rows.len();
-                        batch.push(job);
-                    }
-                    Err(_) => break,
-                }
+    while let Some(batch) = next_batch(&queue, max_rows).await {
+        metrics::write_batch(batch.len());
+        commit(&pool, timeout, batch).await;
+    }
+}
+
+/// Waits for one job, then takes whatever else is already waiting, up to `max_rows`
+/// rows; `None` once every sender is gone.
+async fn next_batch(queue: &Mutex<mpsc::Receiver<Job>>, max_rows: usize) -> Option<Vec<Job>> {
+    let mut queue = queue.lock().await;
+    let first = queue.recv().await?;
+    let mut rows = first.rows.len();
+    let mut batch = vec![first];
+    while rows < max_rows {
+        match queue.try_recv() {
+            Ok(job) => {
+                rows += job.rows.len();
+                batch.push(job);
             }
-            batch
-        };
-        metrics::histogram!("history_write_batch_size").record(batch.len() as f64);
-        match insert(&pool, timeout, &batch).await {
-            Ok(saved) => {
-                for (job, saved) in batch.into_iter().zip(saved) {
-                    let _ = job.done.send(Ok(saved));
-                }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Inserts `batch` and answers each of its callers.
+async fn commit(pool: &Pool, timeout: Duration, batch: Vec<Job>) {
+    let error = match insert(pool, timeout, &batch).await {
+        Ok(saved) => {
+            for (job, saved) in batch.into_iter().zip(saved) {
+                let _ = job.done.send(Ok(saved));
             }
-            // One bad save must not fail the others: retry each on its own.
-            Err(_) if batch.len() > 1 => {
-                for job in batch {
-                    let saved = insert(&pool, timeout, std::slice::from_ref(&job))
-                        .await
-                        .map(|mut saved| saved.pop().unwrap_or_default());
-                    let _ = job.done.send(saved);
-                }
-            }
-            Err(status) => {
-                for job in batch {
-                    let _ = job.done.send(Err(status.clone()));
-                }
+            return;
+        }
+        Err(error) => error,
+    };
+    match <[Job; 1]>::try_from(batch) {
+        Ok([job]) => {
+            let _ = job.done.send(Err(error));
+        }
+        // One bad save must not fail the others: retry each on its own.
+        Err(batch) => {
+            for job in batch {
+                let saved = insert(pool, timeout, std::slice::from_ref(&job))
+                    .await
+                    .map(|mut saved| saved.pop().unwrap_or_default());
+                let _ = job.done.send(saved);
             }
         }
     }
@@ -120,7 +127,7 @@ async fn insert(
     pool: &Pool,
     timeout: Duration,
     batch: &[Job],
-) -> Result<Vec<Vec<CachedMessage>>, Status> {
+) -> Result<Vec<Vec<CachedMessage>>, HistoryError> {
     let now_ms = unix_now_ms();
     let rows: usize = batch.iter().map(|job| job.rows.len()).sum();
     let placeholders = vec!["(?, ?, ?, FROM_UNIXTIME(? / 1000), ?)"; rows].join(", ");
@@ -144,9 +151,9 @@ async fn insert(
     };
     let first_id = tokio::time::timeout(timeout, write)
         .await
-        .map_err(|_| Status::unavailable("history store: MySQL write timed out"))?
-        .map_err(|error| Status::unavailable(format!("history store failed: {error}")))?
-        .ok_or_else(|| Status::internal("history store: no insert id"))?;
+        .map_err(|_| HistoryError::WriteTimedOut)?
+        .map_err(HistoryError::Mysql)?
+        .ok_or(HistoryError::NoInsertId)?;
     // One multi-row INSERT gets consecutive ids ("simple insert" in InnoDB's terms).
     let mut next_id = first_id as i64;
     Ok(batch

@@ -125,15 +125,7 @@ async fn migrations_are_idempotent_and_upgrade_the_original_table() -> anyhow::R
     let pool = mysql_async::Pool::new(chat_history::mysql_opts(&db.url)?);
     let mut connection = pool.get_conn().await?;
     connection
-        .query_drop(
-            "CREATE TABLE chat_history (
-               id BIGINT PRIMARY KEY AUTO_INCREMENT,
-               user_id VARCHAR(64) NOT NULL,
-               role ENUM('user','assistant') NOT NULL,
-               text TEXT NOT NULL,
-               created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
-             ) ENGINE=InnoDB DEFAULT CHARSET=latin1",
-        )
+        .query_drop(include_str!("fixtures/original_table.sql"))
         .await?;
     connection
         .query_drop(

@@ -6,70 +6,25 @@
 //! credit is `FAILED_PRECONDITION`; a provider that does not answer in time is
 //! `DEADLINE_EXCEEDED`; anything else is `INTERNAL`, with no secret in the message.
 //! Without `OPENAI_API_KEY` a built-in mock answers, so the system works with no account.
+//!
+//! A request goes through `service.rs` (the gRPC edge), `retry.rs`, then a provider
+//! in `provider/`; what can fail is in `error.rs`, what is measured in `metrics.rs`.
 
+mod error;
+mod metrics;
 mod provider;
+mod retry;
+mod service;
+mod settings;
 
 use std::future::Future;
-use std::time::Duration;
 
 use chat_proto::llm_service_server::LlmServiceServer;
-use secrecy::SecretString;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
-pub use provider::{ChunkStream, Llm, ProviderKind};
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct Settings {
-    /// Address the gRPC server binds (`LLM_LISTEN`).
-    pub llm_listen: String,
-    /// Address of the Prometheus metrics endpoint, `GET /metrics`
-    /// (`LLM_METRICS_LISTEN`; empty turns it off).
-    pub llm_metrics_listen: String,
-    /// Provider API key (`OPENAI_API_KEY`); without it the mock provider answers.
-    pub openai_api_key: Option<SecretString>,
-    /// Base URL of the Chat Completions API, ending in `/v1` (`OPENAI_BASE_URL`).
-    pub openai_base_url: String,
-    /// Model asked for (`OPENAI_MODEL`).
-    pub openai_model: String,
-    /// `auto` (OpenAI when a key is set, else the mock), `openai` or `mock` (`LLM_PROVIDER`).
-    pub llm_provider: String,
-    /// Completion cap when the caller sets none (`MAX_OUTPUT_TOKENS`).
-    pub max_output_tokens: u32,
-    /// Deadline when the caller sets none (`LLM_TIMEOUT_MS`).
-    pub llm_timeout_ms: u64,
-    /// Retries after an upstream rate limit, deadline permitting (`LLM_MAX_RETRIES`).
-    pub llm_max_retries: u32,
-    /// First backoff after a rate limit; doubled each retry, with jitter (`LLM_RETRY_BASE_MS`).
-    pub llm_retry_base_ms: u64,
-    /// Pause between the mock provider's streamed words (`MOCK_CHUNK_DELAY_MS`).
-    pub mock_chunk_delay_ms: u64,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            llm_listen: "0.0.0.0:50055".to_owned(),
-            llm_metrics_listen: "0.0.0.0:9055".to_owned(),
-            openai_api_key: None,
-            openai_base_url: "https://api.openai.com/v1".to_owned(),
-            openai_model: "gpt-4o-mini".to_owned(),
-            llm_provider: "auto".to_owned(),
-            max_output_tokens: 512,
-            llm_timeout_ms: 12_000,
-            llm_max_retries: 4,
-            llm_retry_base_ms: 250,
-            mock_chunk_delay_ms: 30,
-        }
-    }
-}
-
-impl Settings {
-    pub fn default_timeout(&self) -> Duration {
-        Duration::from_millis(self.llm_timeout_ms)
-    }
-}
+pub use provider::ProviderKind;
+pub use service::{ChunkStream, Llm};
+pub use settings::Settings;
 
 /// Serves completions on `listener` until `shutdown` resolves.
 pub async fn run(
@@ -78,9 +33,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     chat_common::metrics::spawn_server(&settings.llm_metrics_listen).await?;
-    // Series that only move on rare events exist from the start, at zero.
-    metrics::counter!("llm_retries_total", "model" => settings.openai_model.clone()).increment(0);
-    metrics::counter!("llm_streams_cancelled_total").increment(0);
+    metrics::describe(&settings.openai_model);
     let llm = Llm::new(&settings)?;
     chat_common::tokens::warm_up();
     let (reporter, health) = chat_common::grpc::health();
@@ -89,19 +42,4 @@ pub async fn run(
         .add_service(health)
         .add_service(LlmServiceServer::new(llm));
     chat_common::grpc::serve(router, listener, shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_api_key_never_shows_in_debug_output() {
-        let settings = Settings {
-            openai_api_key: Some(SecretString::from("sk-very-secret")),
-            ..Settings::default()
-        };
-        let shown = format!("{settings:?}");
-        assert!(!shown.contains("sk-very-secret"), "{shown}");
-    }
 }

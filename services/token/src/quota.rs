@@ -1,19 +1,21 @@
+//! The quota itself. Reserving, settling and sweeping are each one Lua script, so the
+//! check and the change happen atomically in Redis, whatever other replicas do.
+
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chat_common::user::validate_user_id;
-use chat_proto::token_service_server::TokenService;
 use chat_proto::{
     QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SettleRequest, SettleResponse,
 };
 use deadpool_redis::{Connection, Pool};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use metrics::counter;
 use redis::Script;
-use tonic::{Request, Response, Status};
 
 use crate::Settings;
+use crate::error::QuotaError;
+use crate::metrics;
 
 static RESERVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
@@ -75,13 +77,139 @@ impl Quota {
         })
     }
 
-    fn today(&self) -> Result<Day, Status> {
+    /// Takes `tokens` from today's quota under the reservation id, unless that would
+    /// pass the limit. Replaying a granted reservation grants it again for free.
+    pub async fn reserve_tokens(
+        &self,
+        request: &ReserveRequest,
+    ) -> Result<ReserveResponse, QuotaError> {
+        check_ids(&request.user_id, &request.reservation_id)?;
+        if request.tokens <= 0 {
+            return Err(QuotaError::TokensNotPositive);
+        }
+        let day = self.today()?;
+        let deadline_ms = Timestamp::now().as_millisecond() + self.inner.reservation_ttl_ms;
+        let mut connection = self.connection().await?;
+        let mut invocation = RESERVE.key(self.quota_key(&request.user_id, &day.date));
+        invocation
+            .key(self.reservation_key(&request.user_id, &request.reservation_id))
+            .key(self.pending_key())
+            .arg(request.tokens)
+            .arg(self.inner.daily_limit)
+            .arg(self.inner.key_ttl_secs)
+            .arg(deadline_ms);
+        let (granted, used): (i64, i64) = self
+            .redis("reserve", invocation.invoke_async(&mut connection))
+            .await?;
+        let granted = granted == 1;
+        metrics::reservation(granted);
+        if !granted {
+            tracing::info!(user_id = %request.user_id, tokens = request.tokens, used, "quota exceeded");
+        }
+        Ok(ReserveResponse {
+            granted,
+            quota: Some(self.state(used, &day)),
+        })
+    }
+
+    /// Replaces a reservation by the real usage (0 refunds it), exactly once: a retry
+    /// of a settled reservation changes nothing and says so.
+    pub async fn settle_tokens(
+        &self,
+        request: &SettleRequest,
+    ) -> Result<SettleResponse, QuotaError> {
+        check_ids(&request.user_id, &request.reservation_id)?;
+        if request.actual_tokens < 0 {
+            return Err(QuotaError::ActualTokensNegative);
+        }
+        let day = self.today()?;
+        let mut connection = self.connection().await?;
+        let mut invocation =
+            SETTLE.key(self.reservation_key(&request.user_id, &request.reservation_id));
+        invocation
+            .key(self.pending_key())
+            .key(self.quota_key(&request.user_id, &day.date))
+            .arg(request.actual_tokens);
+        let (settled, used): (i64, i64) = self
+            .redis("settle", invocation.invoke_async(&mut connection))
+            .await?;
+        let settled = settled == 1;
+        metrics::settlement(settled);
+        if settled && request.actual_tokens == 0 {
+            metrics::failed_call_refunded();
+        }
+        if !settled {
+            tracing::warn!(
+                user_id = %request.user_id,
+                reservation_id = %request.reservation_id,
+                "settlement of an unknown or already settled reservation ignored"
+            );
+        }
+        Ok(SettleResponse {
+            settled,
+            quota: Some(self.state(used, &day)),
+        })
+    }
+
+    pub async fn remaining_tokens(
+        &self,
+        request: &RemainingRequest,
+    ) -> Result<QuotaState, QuotaError> {
+        validate_user_id(&request.user_id)?;
+        let day = self.today()?;
+        let mut connection = self.connection().await?;
+        let used: Option<i64> = self
+            .redis(
+                "get",
+                redis::cmd("GET")
+                    .arg(self.quota_key(&request.user_id, &day.date))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(self.state(used.unwrap_or(0), &day))
+    }
+
+    /// Refunds every reservation past its deadline; returns how many.
+    pub async fn sweep(&self) -> Result<u64, QuotaError> {
+        let mut connection = self.connection().await?;
+        let now_ms = Timestamp::now().as_millisecond();
+        let mut invocation = SWEEP.key(self.pending_key());
+        invocation.arg(now_ms).arg(SWEEP_BATCH);
+        let mut total = 0;
+        loop {
+            let refunded: u64 = self
+                .redis("sweep", invocation.invoke_async(&mut connection))
+                .await?;
+            total += refunded;
+            if refunded < SWEEP_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub(crate) async fn sweep_forever(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(refunded) => {
+                    metrics::abandoned_refunded(refunded);
+                    tracing::warn!(refunded, "refunded abandoned reservations");
+                }
+                Err(error) => tracing::warn!(%error, "reservation sweep failed"),
+            }
+        }
+    }
+
+    fn today(&self) -> Result<Day, QuotaError> {
         let now = Timestamp::now().to_zoned_datetime(self.inner.timezone.clone());
         let next_midnight = now
             .date()
             .tomorrow()
             .and_then(|tomorrow| tomorrow.to_zoned_datetime(self.inner.timezone.clone()))
-            .map_err(|error| Status::internal(format!("calendar: {error}")))?;
+            .map_err(QuotaError::Calendar)?;
         Ok(Day {
             date: now.date().to_string(),
             reset_after_seconds: (next_midnight.timestamp().as_second()
@@ -113,10 +241,10 @@ impl Quota {
         }
     }
 
-    async fn connection(&self) -> Result<Connection, Status> {
+    async fn connection(&self) -> Result<Connection, QuotaError> {
         self.inner.pool.get().await.map_err(|error| {
-            counter!("quota_store_errors_total").increment(1);
-            Status::unavailable(format!("quota store unavailable: {error}"))
+            metrics::store_error();
+            QuotaError::StoreUnavailable(error)
         })
     }
 
@@ -124,166 +252,31 @@ impl Quota {
     async fn redis<T>(
         &self,
         name: &'static str,
-        operation: impl Future<Output = deadpool_redis::redis::RedisResult<T>>,
-    ) -> Result<T, Status> {
+        operation: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, QuotaError> {
         let timed = async {
             match tokio::time::timeout(self.inner.redis_timeout, operation).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(error)) => Err(Status::unavailable(format!("quota store failed: {error}"))),
-                Err(_) => Err(Status::unavailable("quota store timed out")),
+                Ok(outcome) => outcome.map_err(QuotaError::StoreFailed),
+                Err(_) => Err(QuotaError::StoreTimedOut),
             }
         };
-        let outcome = chat_common::observe::db("redis", name, timed).await;
+        let outcome = chat_common::observe::db(metrics::REDIS, name, timed).await;
         if outcome.is_err() {
-            counter!("quota_store_errors_total").increment(1);
+            metrics::store_error();
         }
         outcome
     }
-
-    /// Refunds every reservation past its deadline; returns how many.
-    pub async fn sweep(&self) -> Result<u64, Status> {
-        let mut connection = self.connection().await?;
-        let now_ms = Timestamp::now().as_millisecond();
-        let mut invocation = SWEEP.key(self.pending_key());
-        invocation.arg(now_ms).arg(SWEEP_BATCH);
-        let mut total = 0;
-        loop {
-            let refunded: u64 = self
-                .redis("sweep", invocation.invoke_async(&mut connection))
-                .await?;
-            total += refunded;
-            if refunded < SWEEP_BATCH as u64 {
-                return Ok(total);
-            }
-        }
-    }
-
-    pub(crate) async fn sweep_forever(self, interval: Duration) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            match self.sweep().await {
-                Ok(0) => {}
-                Ok(refunded) => {
-                    counter!("quota_refunds_total", "reason" => "abandoned").increment(refunded);
-                    tracing::warn!(refunded, "refunded abandoned reservations");
-                }
-                Err(error) => tracing::warn!(%error, "reservation sweep failed"),
-            }
-        }
-    }
 }
 
-fn check_ids(user_id: &str, reservation_id: &str) -> Result<(), Status> {
-    validate_user_id(user_id).map_err(|error| Status::invalid_argument(error.to_string()))?;
+fn check_ids(user_id: &str, reservation_id: &str) -> Result<(), QuotaError> {
+    validate_user_id(user_id)?;
     let valid_id = !reservation_id.is_empty()
         && reservation_id.len() <= 64
         && reservation_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !valid_id {
-        return Err(Status::invalid_argument(
-            "reservation_id must be 1 to 64 letters, digits or dashes",
-        ));
+        return Err(QuotaError::BadReservationId);
     }
     Ok(())
-}
-
-#[tonic::async_trait]
-impl TokenService for Quota {
-    async fn reserve(
-        &self,
-        request: Request<ReserveRequest>,
-    ) -> Result<Response<ReserveResponse>, Status> {
-        let request = request.into_inner();
-        check_ids(&request.user_id, &request.reservation_id)?;
-        if request.tokens <= 0 {
-            return Err(Status::invalid_argument("tokens must be positive"));
-        }
-        let day = self.today()?;
-        let deadline_ms = Timestamp::now().as_millisecond() + self.inner.reservation_ttl_ms;
-        let mut connection = self.connection().await?;
-        let mut invocation = RESERVE.key(self.quota_key(&request.user_id, &day.date));
-        invocation
-            .key(self.reservation_key(&request.user_id, &request.reservation_id))
-            .key(self.pending_key())
-            .arg(request.tokens)
-            .arg(self.inner.daily_limit)
-            .arg(self.inner.key_ttl_secs)
-            .arg(deadline_ms);
-        let (granted, used): (i64, i64) = self
-            .redis("reserve", invocation.invoke_async(&mut connection))
-            .await?;
-        let granted = granted == 1;
-        let result = if granted { "granted" } else { "rejected" };
-        counter!("quota_reservations_total", "result" => result).increment(1);
-        if !granted {
-            tracing::info!(user_id = %request.user_id, tokens = request.tokens, used, "quota exceeded");
-        }
-        Ok(Response::new(ReserveResponse {
-            granted,
-            quota: Some(self.state(used, &day)),
-        }))
-    }
-
-    async fn settle(
-        &self,
-        request: Request<SettleRequest>,
-    ) -> Result<Response<SettleResponse>, Status> {
-        let request = request.into_inner();
-        check_ids(&request.user_id, &request.reservation_id)?;
-        if request.actual_tokens < 0 {
-            return Err(Status::invalid_argument(
-                "actual_tokens must not be negative",
-            ));
-        }
-        let day = self.today()?;
-        let mut connection = self.connection().await?;
-        let mut invocation =
-            SETTLE.key(self.reservation_key(&request.user_id, &request.reservation_id));
-        invocation
-            .key(self.pending_key())
-            .key(self.quota_key(&request.user_id, &day.date))
-            .arg(request.actual_tokens);
-        let (settled, used): (i64, i64) = self
-            .redis("settle", invocation.invoke_async(&mut connection))
-            .await?;
-        let result = if settled == 1 { "settled" } else { "unknown" };
-        counter!("quota_settlements_total", "result" => result).increment(1);
-        if settled == 1 && request.actual_tokens == 0 {
-            counter!("quota_refunds_total", "reason" => "failed_call").increment(1);
-        }
-        if settled == 0 {
-            tracing::warn!(
-                user_id = %request.user_id,
-                reservation_id = %request.reservation_id,
-                "settlement of an unknown or already settled reservation ignored"
-            );
-        }
-        Ok(Response::new(SettleResponse {
-            settled: settled == 1,
-            quota: Some(self.state(used, &day)),
-        }))
-    }
-
-    async fn remaining(
-        &self,
-        request: Request<RemainingRequest>,
-    ) -> Result<Response<QuotaState>, Status> {
-        let request = request.into_inner();
-        validate_user_id(&request.user_id)
-            .map_err(|error| Status::invalid_argument(error.to_string()))?;
-        let day = self.today()?;
-        let mut connection = self.connection().await?;
-        let used: Option<i64> = self
-            .redis(
-                "get",
-                deadpool_redis::redis::cmd("GET")
-                    .arg(self.quota_key(&request.user_id, &day.date))
-                    .query_async(&mut connection),
-            )
-            .await?;
-        Ok(Response::new(self.state(used.unwrap_or(0), &day)))
-    }
 }

@@ -1,0 +1,145 @@
+//! The conversation sent to the model, and what it costs. Pure: no I/O.
+
+use chat_common::tokens;
+use chat_proto::{ChatMessage, Role, StoredMessage};
+
+use super::Policy;
+
+/// The messages sent to the model and what they cost, overhead included.
+#[derive(Debug)]
+pub struct Prompt {
+    pub messages: Vec<ChatMessage>,
+    pub tokens: i64,
+}
+
+impl Prompt {
+    /// The system prompt, as many of the latest earlier turns as fit the token budget
+    /// (oldest dropped first), then the new message.
+    pub fn build(policy: &Policy, earlier: &[StoredMessage], cleaned: &str) -> Self {
+        let kept = latest_that_fit(earlier, policy.context_tokens);
+        let mut total =
+            tokens::REPLY_PRIMING + tokens::count(cleaned) + tokens::PER_MESSAGE_OVERHEAD;
+        total += kept.iter().map(|(_, cost)| cost).sum::<usize>();
+        let system = (!policy.system_prompt.is_empty()).then(|| {
+            total += tokens::count(&policy.system_prompt) + tokens::PER_MESSAGE_OVERHEAD;
+            ChatMessage {
+                role: Role::System.into(),
+                content: policy.system_prompt.clone(),
+            }
+        });
+        let messages = system
+            .into_iter()
+            .chain(kept.into_iter().rev().map(|(message, _)| ChatMessage {
+                role: message.role,
+                content: message.text.clone(),
+            }))
+            .chain(std::iter::once(ChatMessage {
+                role: Role::User.into(),
+                content: cleaned.to_owned(),
+            }))
+            .collect();
+        Self {
+            messages,
+            tokens: total as i64,
+        }
+    }
+
+    /// What to reserve before the call: the prompt plus the most the reply may cost,
+    /// and never less than the policy's floor.
+    pub fn reservation(&self, policy: &Policy) -> i64 {
+        (self.tokens + i64::from(policy.max_output_tokens)).max(policy.min_reservation)
+    }
+}
+
+/// The latest messages within `budget` tokens, newest first, each with its cost, so
+/// every text is tokenized once.
+fn latest_that_fit(earlier: &[StoredMessage], mut budget: usize) -> Vec<(&StoredMessage, usize)> {
+    let mut kept = Vec::new();
+    for message in earlier.iter().rev() {
+        let cost = tokens::count(&message.text) + tokens::PER_MESSAGE_OVERHEAD;
+        if cost > budget {
+            break;
+        }
+        budget -= cost;
+        kept.push((message, cost));
+    }
+    // A conversation the model sees should open with the user, not a dangling reply.
+    while kept
+        .last()
+        .is_some_and(|(message, _)| message.role() == Role::Assistant)
+    {
+        kept.pop();
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(role: Role, text: &str) -> StoredMessage {
+        StoredMessage {
+            role: role.into(),
+            text: text.to_owned(),
+            ..StoredMessage::default()
+        }
+    }
+
+    fn policy(context_tokens: usize, system_prompt: &str) -> Policy {
+        Policy {
+            context_messages: 20,
+            context_tokens,
+            max_output_tokens: 100,
+            min_reservation: 200,
+            system_prompt: system_prompt.to_owned(),
+        }
+    }
+
+    fn contents(prompt: &Prompt) -> Vec<&str> {
+        prompt.messages.iter().map(|m| m.content.as_str()).collect()
+    }
+
+    #[test]
+    fn the_prompt_keeps_the_latest_turns_that_fit() {
+        let earlier = [
+            stored(Role::User, "one two three four five six seven eight"),
+            stored(Role::Assistant, "first reply"),
+            stored(Role::User, "second question"),
+            stored(Role::Assistant, "second reply"),
+        ];
+        let all = Prompt::build(&policy(1000, "be brief"), &earlier, "now");
+        assert_eq!(
+            all.tokens,
+            tokens::count_prompt(contents(&all)) as i64,
+            "counted once, counted right"
+        );
+        assert_eq!(
+            contents(&all),
+            [
+                "be brief",
+                "one two three four five six seven eight",
+                "first reply",
+                "second question",
+                "second reply",
+                "now"
+            ]
+        );
+        assert_eq!(all.messages[0].role(), Role::System);
+
+        // A small budget drops the oldest turns, and never opens on an assistant reply.
+        let some = Prompt::build(&policy(12, ""), &earlier, "now");
+        assert_eq!(contents(&some), ["second question", "second reply", "now"]);
+
+        let none = Prompt::build(&policy(0, ""), &earlier, "now");
+        assert_eq!(none.messages.len(), 1);
+    }
+
+    #[test]
+    fn the_reservation_covers_the_prompt_and_the_output_cap_above_a_floor() {
+        let small = Prompt::build(&policy(0, ""), &[], "hi");
+        assert_eq!(small.reservation(&policy(0, "")), 200, "the floor");
+        let long_text = "word ".repeat(400);
+        let long = Prompt::build(&policy(0, ""), &[], &long_text);
+        assert_eq!(long.reservation(&policy(0, "")), long.tokens + 100);
+    }
+}

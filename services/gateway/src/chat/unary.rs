@@ -1,0 +1,29 @@
+//! `POST /chat`: the whole reply at once.
+
+use super::{ChatRequest, ChatResponse, Policy, prepare};
+use crate::{ApiError, Backends};
+
+pub async fn chat(
+    backends: &Backends,
+    policy: &Policy,
+    request: ChatRequest,
+) -> Result<ChatResponse, ApiError> {
+    let turn = prepare(backends, policy, request).await?;
+    let answer = match backends.complete(turn.completion_request()).await {
+        Ok(answer) => answer,
+        Err(status) => {
+            turn.abandon().await;
+            return Err(ApiError::from_llm(status));
+        }
+    };
+    let used = answer.usage.map_or(0, |usage| usage.total_tokens);
+    let closed = turn.close(used, &answer.reply, false).await;
+    Ok(ChatResponse {
+        cleaned: closed.cleaned,
+        reply: answer.reply,
+        usage: answer.usage.unwrap_or_default().into(),
+        remaining: closed.remaining,
+        model: answer.model,
+        history_saved: closed.history_saved,
+    })
+}

@@ -1,0 +1,49 @@
+//! What can go wrong with a save or a list. Each failure carries the `ErrorCode` the
+//! gateway turns into an HTTP status, so the gRPC edge maps it in one place. Cache
+//! failures are not here: they never reach a caller (see `cache::CacheError`).
+
+use chat_common::ErrorCode;
+use chat_common::user::UserIdError;
+
+use crate::store::MAX_SAVE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    BadUserId(#[from] UserIdError),
+    #[error("a save carries 1 to {MAX_SAVE} messages")]
+    BadMessageCount,
+    #[error("only user and assistant messages are kept")]
+    BadRole,
+    #[error("history store failed: {0}")]
+    Mysql(mysql_async::Error),
+    #[error("history store: no MySQL connection in time")]
+    NoConnectionInTime,
+    #[error("history store: MySQL read timed out")]
+    ReadTimedOut,
+    #[error("history store: MySQL write timed out")]
+    WriteTimedOut,
+    /// MySQL accepted an INSERT without an AUTO_INCREMENT id: the schema is not ours.
+    #[error("history store: no insert id")]
+    NoInsertId,
+    /// The writer tasks are gone, which only happens while the service shuts down.
+    #[error("history writer stopped")]
+    WriterStopped,
+    #[error("history writer dropped the save")]
+    WriterDroppedSave,
+}
+
+impl HistoryError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadUserId(_) | Self::BadMessageCount | Self::BadRole => ErrorCode::BadRequest,
+            // Timeouts too: the caller cannot tell a slow MySQL from a missing one.
+            Self::Mysql(_)
+            | Self::NoConnectionInTime
+            | Self::ReadTimedOut
+            | Self::WriteTimedOut
+            | Self::WriterStopped => ErrorCode::Unavailable,
+            Self::NoInsertId | Self::WriterDroppedSave => ErrorCode::Internal,
+        }
+    }
+}
