@@ -18,6 +18,17 @@ cd "$root"
 if [ -f .env ]; then set -a; . ./.env; set +a; fi
 export REDIS_ADDR=${REDIS_ADDR:-127.0.0.1:${DEV_REDIS_PORT:-6379}}
 export MYSQL_DSN=${MYSQL_DSN:-mysql://chat:chat@127.0.0.1:${DEV_MYSQL_PORT:-3306}/chatdb}
+# Natively only the gateway's own port faces the network; the gRPC services and every
+# metrics endpoint listen on loopback unless .env says otherwise.
+export FILTER_LISTEN=${FILTER_LISTEN:-127.0.0.1:50052}
+export TOKEN_LISTEN=${TOKEN_LISTEN:-127.0.0.1:50051}
+export LLM_LISTEN=${LLM_LISTEN:-127.0.0.1:50055}
+export HISTORY_LISTEN=${HISTORY_LISTEN:-127.0.0.1:50054}
+export GATEWAY_METRICS_LISTEN=${GATEWAY_METRICS_LISTEN:-127.0.0.1:9080}
+export FILTER_METRICS_LISTEN=${FILTER_METRICS_LISTEN:-127.0.0.1:9052}
+export TOKEN_METRICS_LISTEN=${TOKEN_METRICS_LISTEN:-127.0.0.1:9051}
+export LLM_METRICS_LISTEN=${LLM_METRICS_LISTEN:-127.0.0.1:9055}
+export HISTORY_METRICS_LISTEN=${HISTORY_METRICS_LISTEN:-127.0.0.1:9054}
 
 pid_of() { cat "$state/$1.pid" 2>/dev/null || true; }
 running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
@@ -38,7 +49,7 @@ up() {
   done
   for _ in $(seq 50); do curl -fs http://127.0.0.1:8080/health >/dev/null 2>&1 && break; sleep 0.2; done
   curl -fs http://127.0.0.1:8080/health >/dev/null 2>&1 \
-    && echo "ready: http://localhost:8080" \
+    && echo "ready: http://localhost:8080 (first start: log in as admin; the password is ADMIN_PASSWORD, or: grep 'first user' .dev/gateway.log)" \
     || echo "the gateway does not answer yet; see .dev/gateway.log" >&2
 }
 

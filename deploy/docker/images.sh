@@ -8,8 +8,8 @@
 : "${REDIS_IMAGE:=redis:7}"
 : "${MYSQL_IMAGE:=mariadb:10.11}"
 : "${PROMETHEUS_IMAGE:=prom/prometheus:v2.53.3}"
-: "${JAEGER_IMAGE:=jaegertracing/all-in-one:1.64.0}"
-: "${GRAFANA_IMAGE:=grafana/grafana:11.4.0}"
+: "${JAEGER_IMAGE:=jaegertracing/jaeger:2.20.0}"
+: "${GRAFANA_IMAGE:=grafana/grafana:13.1.0}"
 
 # The project's own images: $CHAT_IMAGE_PREFIX/<service>:$CHAT_TAG.
 : "${CHAT_IMAGE_PREFIX:=chat}"

@@ -68,9 +68,12 @@ pass() { passed=$((passed + 1)); say "ok: $*"; }
 fail() { failed=$((failed + 1)); say "FAILED: $*"; }
 
 # request METHOD PATH [JSON]: sets $code and writes the body to $scratch/body.
+# The credential of the next requests: `bearer KEY`, or none.
+bearer=
 request() {
-  local args=(-sS -o "$scratch/body" -w '%{http_code}' -X "$1" --max-time 30)
+  local args=(-sS -o "$scratch/body" -D "$scratch/headers" -w '%{http_code}' -X "$1" --max-time 30)
   [ $# -ge 3 ] && args+=(-H 'content-type: application/json' --data "$3")
+  [ -n "$bearer" ] && args+=(-H "authorization: Bearer $bearer")
   code=$(curl "${args[@]}" "$gateway$2") || code=000
 }
 
@@ -81,6 +84,16 @@ json() {
 }
 
 chat() { request POST /chat "{\"user_id\":\"$1\",\"text\":\"$2\"}"; }
+
+# A user with a key, through the admin API; the key is left in $key.
+user_with_key() {
+  bearer=$(sed -n 's/^ADMIN_API_KEY=//p' "$env_file")
+  request POST /admin/users "{\"user_id\":\"$1\"}"
+  [ "$code" = 201 ] || fail "POST /admin/users $1: $code $(head -c 300 "$scratch/body")"
+  request POST "/admin/users/$1/keys" '{"name":"e2e"}'
+  key=$(json 'b.get("key", "")')
+  bearer=
+}
 
 # --- build ---------------------------------------------------------------------------
 if [ "${E2E_SKIP_BUILD:-0}" != 1 ]; then
@@ -105,6 +118,31 @@ if awk -v s="$up_s" -v b=$budget_up 'BEGIN { exit !(s > b) }'; then
 fi
 
 # --- the API, from outside -------------------------------------------------------------
+chat e2e hello
+if [ "$code" = 401 ] && [ "$(json 'b["error"]')" = unauthorized ]; then
+  pass "a chat without a credential answers 401 \"unauthorized\""
+else
+  fail "no credential: $code $(head -c 300 "$scratch/body")"
+fi
+admin_password=$(sed -n 's/^ADMIN_PASSWORD=//p' "$env_file")
+request POST /auth/login "{\"user_id\":\"admin\",\"password\":\"$admin_password\"}"
+if [ "$code" = 200 ] && grep -qi '^set-cookie: chat_session=.*HttpOnly' "$scratch/headers"; then
+  pass "the first user (admin, ADMIN_PASSWORD) logs in and gets an HttpOnly session cookie"
+else
+  fail "first-user login: $code $(head -c 300 "$scratch/body")"
+fi
+user_with_key e2e
+e2e_key=$key
+user_with_key e2e-quota
+quota_key=$key
+if shown=$(compose exec -T gateway chat-gateway admin user show e2e 2>&1) &&
+  [[ "$shown" == *'"user_id":"e2e"'* ]]; then
+  pass "the admin CLI in the container shows the user: ${shown:0:80}"
+else
+  fail "admin CLI: $shown"
+fi
+
+bearer=$e2e_key
 chat e2e hello
 reply=$(json 'b.get("reply", "")')
 if [ "$code" = 200 ] && [ -n "$reply" ]; then
@@ -134,6 +172,7 @@ else
   fail "history after the blocked text: $(head -c 300 "$scratch/body")"
 fi
 
+bearer=$quota_key
 answered=0
 for _ in $(seq 20); do
   chat e2e-quota 'tell me something'
@@ -147,6 +186,7 @@ else
 fi
 
 # --- Prometheus ------------------------------------------------------------------------
+bearer=
 services=$(for file in docker/*.Dockerfile; do basename "$file" .Dockerfile; done | sort)
 require_up=${E2E_REQUIRE_METRICS:-0}
 for _ in $(seq 60); do

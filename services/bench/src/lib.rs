@@ -7,17 +7,20 @@
 
 pub mod load;
 pub mod report;
-pub mod stack;
-pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chat_testing::stack::{Backing, Processes, Stack};
+use chat_testing::{FakeOpenAi, FixedReply};
 use load::Target;
 pub use report::{CaseResult, Results};
-use stack::{Stack, StackConfig};
+
+/// The model the stack asks for, and the provider's one answer.
+pub const MODEL: &str = "bench-model";
+const REPLY: &str =
+    "Benchmarks measure what the gateway adds on top of the provider, nothing more.";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -63,111 +66,59 @@ struct Case {
     cpu: BTreeMap<String, f64>,
 }
 
-pub async fn run(options: &Options) -> anyhow::Result<Results> {
-    let epoch = Instant::now();
-    let upstream = upstream::start(epoch).await?;
-    let max_gateways = options.gateways.iter().copied().max().unwrap_or(1);
-    let stack = Stack::start(&StackConfig {
-        bin_dir: options.bin_dir.clone(),
-        upstream: upstream.base_url.clone(),
-        gateways: max_gateways,
+/// Every service as its own process from `options.bin_dir`, as deployed, with as many
+/// gateways as the largest scale-out case.
+async fn start_stack(options: &Options, provider_url: &str) -> anyhow::Result<Stack> {
+    let backing = Backing {
         redis_addr: options.redis_addr.clone(),
         redis_prefix: format!("bench:{}:", std::process::id()),
         mysql_dsn: options.mysql_dsn.clone(),
+        provider_url: provider_url.to_owned(),
+        model: MODEL.to_owned(),
+    };
+    let env = [
+        ("DAILY_LIMIT", "1000000000000"),
+        // The limiter runs on every request but never refuses one.
+        ("RATE_LIMIT_PER_MINUTE", "1000000000"),
+    ];
+    let processes = Processes {
+        bin_dir: options.bin_dir.clone(),
+        gateways: options.gateways.iter().copied().max().unwrap_or(1),
+        env: env
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+    };
+    Stack::processes(&backing, &processes).await
+}
+
+pub async fn run(options: &Options) -> anyhow::Result<Results> {
+    let upstream = FakeOpenAi::start_fixed(&FixedReply {
+        model: MODEL.to_owned(),
+        text: REPLY.to_owned(),
+        prompt_tokens: 24,
+        completion_tokens: 13,
     })
     .await?;
+    let stack = start_stack(options, &upstream.base_url).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
         .build()?;
-    let one = vec![stack.gateways[0].clone()];
-
-    let mut cases = Vec::new();
-    let mut add =
-        |name: String, target: Target, concurrency: usize, gateways: usize, marks: bool| {
-            cases.push(Case {
-                name,
-                target,
-                concurrency,
-                gateways,
-                marks,
-                sample: load::Sample::default(),
-                cpu: BTreeMap::new(),
-            });
-        };
-    add(
-        "upstream c=1".into(),
-        Target::Upstream(upstream.base_url.clone()),
-        1,
-        0,
-        false,
-    );
-    add("chat c=1".into(), Target::Chat(one.clone()), 1, 1, false);
-    add("stream c=1".into(), Target::Stream(one.clone()), 1, 1, true);
-    for &concurrency in &options.concurrency {
-        add(
-            format!("upstream c={concurrency}"),
-            Target::Upstream(upstream.base_url.clone()),
-            concurrency,
-            0,
-            false,
-        );
-        add(
-            format!("chat c={concurrency}"),
-            Target::Chat(one.clone()),
-            concurrency,
-            1,
-            false,
-        );
-        add(
-            format!("stream c={concurrency}"),
-            Target::Stream(one.clone()),
-            concurrency,
-            1,
-            false,
-        );
-    }
-    for &gateways in &options.gateways {
-        let urls = stack.gateways[..gateways].to_vec();
-        let concurrency = options.scale_concurrency;
-        add(
-            format!("chat c={concurrency} x{gateways} gateways"),
-            Target::Chat(urls),
-            concurrency,
-            gateways,
-            false,
-        );
-    }
-
-    // Warm up connections, caches and the JIT-less but lazy parts (tokenizer, pools).
-    let warm = Duration::from_secs_f64(options.seconds_per_case.min(2.0));
-    load::run(
-        &client,
-        &Target::Chat(stack.gateways.clone()),
-        8,
-        warm,
-        None,
-    )
-    .await;
-    load::run(&client, &Target::Stream(one.clone()), 4, warm / 2, None).await;
+    let mut cases = cases(options, &upstream.base_url, &stack.gateways);
+    warm_up(options, &client, &stack).await;
 
     let slice = Duration::from_secs_f64(options.seconds_per_case / options.rounds.max(1) as f64);
     for _round in 0..options.rounds.max(1) {
         for case in &mut cases {
-            let marks = case.marks.then(|| Arc::clone(&upstream.marks));
+            let marks = case.marks.then(|| upstream.marks());
             let before = stack.cpu_seconds();
             let sample = load::run(&client, &case.target, case.concurrency, slice, marks).await;
             for (process, after) in stack.cpu_seconds() {
                 *case.cpu.entry(process.clone()).or_default() +=
                     after - before.get(&process).copied().unwrap_or(0.0);
             }
-            case.sample.elapsed += sample.elapsed;
-            case.sample.errors += sample.errors;
-            case.sample.latencies_us.extend(sample.latencies_us);
-            case.sample
-                .first_delta_lag_us
-                .extend(sample.first_delta_lag_us);
-            case.sample.done_lag_us.extend(sample.done_lag_us);
+            case.sample.add(sample);
         }
     }
 
@@ -185,4 +136,66 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
         })
         .collect();
     Ok(Results::new(results, stack.peak_rss_mib(), options))
+}
+
+/// The cases, in the order they run and are reported: the bare provider, one gateway,
+/// then the scale-out over `gateways`.
+fn cases(options: &Options, upstream: &str, gateways: &[String]) -> Vec<Case> {
+    let one = gateways[..1].to_vec();
+    let mut cases = Vec::new();
+    let mut add =
+        |name: String, target: Target, concurrency: usize, gateways: usize, marks: bool| {
+            cases.push(Case {
+                name,
+                target,
+                concurrency,
+                gateways,
+                marks,
+                sample: load::Sample::default(),
+                cpu: BTreeMap::new(),
+            });
+        };
+    let bare = || Target::Upstream(upstream.to_owned());
+    add("upstream c=1".into(), bare(), 1, 0, false);
+    add("chat c=1".into(), Target::Chat(one.clone()), 1, 1, false);
+    add("stream c=1".into(), Target::Stream(one.clone()), 1, 1, true);
+    for &concurrency in &options.concurrency {
+        let name = |target: &str| format!("{target} c={concurrency}");
+        add(name("upstream"), bare(), concurrency, 0, false);
+        add(
+            name("chat"),
+            Target::Chat(one.clone()),
+            concurrency,
+            1,
+            false,
+        );
+        add(
+            name("stream"),
+            Target::Stream(one.clone()),
+            concurrency,
+            1,
+            false,
+        );
+    }
+    for &count in &options.gateways {
+        let concurrency = options.scale_concurrency;
+        add(
+            format!("chat c={concurrency} x{count} gateways"),
+            Target::Chat(gateways[..count].to_vec()),
+            concurrency,
+            count,
+            false,
+        );
+    }
+    cases
+}
+
+/// Warms up connections, caches and the lazy parts (tokenizer, pools) before anything
+/// is measured.
+async fn warm_up(options: &Options, client: &reqwest::Client, stack: &Stack) {
+    let warm = Duration::from_secs_f64(options.seconds_per_case.min(2.0));
+    let all = Target::Chat(stack.gateways.clone());
+    load::run(client, &all, 8, warm, None).await;
+    let one = Target::Stream(vec![stack.gateway().to_owned()]);
+    load::run(client, &one, 4, warm / 2, None).await;
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::upstream::{MODEL, Marks};
+use chat_testing::Marks;
+
+use crate::MODEL;
 
 /// What is measured.
 #[derive(Debug, Clone)]
@@ -47,6 +49,12 @@ impl Sample {
         self.errors += other.errors;
         self.first_delta_lag_us.extend(other.first_delta_lag_us);
         self.done_lag_us.extend(other.done_lag_us);
+    }
+
+    /// Adds a later run of the same case: its requests and its time.
+    pub fn add(&mut self, other: Sample) {
+        self.elapsed += other.elapsed;
+        self.merge(other);
     }
 }
 

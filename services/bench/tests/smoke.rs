@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use chat_common::testing::{TestDatabase, TestRedis};
+use chat_testing::{TestDatabase, TestRedis};
 
 #[tokio::test]
 async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {

@@ -10,6 +10,14 @@ pub enum ErrorCode {
     BadRequest,
     /// The filter refused the text.
     Blocked,
+    /// No credential, or one that is wrong, revoked or expired.
+    Unauthenticated,
+    /// A credential that may not do this (another user's data).
+    PermissionDenied,
+    /// What the request names does not exist (or is not the caller's).
+    NotFound,
+    /// What the request would create exists already.
+    AlreadyExists,
     /// The caller's daily token quota is spent.
     QuotaExceeded,
     /// Too many requests: our limiter, or the provider's after retries.
@@ -28,6 +36,10 @@ impl ErrorCode {
     pub fn grpc_code(self) -> Code {
         match self {
             Self::BadRequest | Self::Blocked => Code::InvalidArgument,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::PermissionDenied => Code::PermissionDenied,
+            Self::NotFound => Code::NotFound,
+            Self::AlreadyExists => Code::AlreadyExists,
             Self::QuotaExceeded | Self::RateLimited => Code::ResourceExhausted,
             Self::InsufficientQuota => Code::FailedPrecondition,
             Self::Timeout => Code::DeadlineExceeded,
@@ -39,7 +51,11 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::BadRequest | Self::Blocked => 400,
+            Self::Unauthenticated => 401,
             Self::InsufficientQuota => 402,
+            Self::PermissionDenied => 403,
+            Self::NotFound => 404,
+            Self::AlreadyExists => 409,
             Self::QuotaExceeded | Self::RateLimited => 429,
             Self::Internal => 500,
             Self::Unavailable => 503,
@@ -51,6 +67,10 @@ impl ErrorCode {
     pub fn from_grpc(code: Code) -> Self {
         match code {
             Code::InvalidArgument | Code::OutOfRange => Self::BadRequest,
+            Code::Unauthenticated => Self::Unauthenticated,
+            Code::PermissionDenied => Self::PermissionDenied,
+            Code::NotFound => Self::NotFound,
+            Code::AlreadyExists => Self::AlreadyExists,
             Code::ResourceExhausted => Self::RateLimited,
             Code::FailedPrecondition => Self::InsufficientQuota,
             Code::DeadlineExceeded | Code::Cancelled => Self::Timeout,
@@ -68,6 +88,10 @@ mod tests {
     fn grpc_round_trip_keeps_the_http_status() {
         for code in [
             ErrorCode::BadRequest,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
+            ErrorCode::NotFound,
+            ErrorCode::AlreadyExists,
             ErrorCode::RateLimited,
             ErrorCode::InsufficientQuota,
             ErrorCode::Timeout,

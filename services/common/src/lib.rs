@@ -2,7 +2,7 @@
 //!
 //! Nothing here knows about chats: settings loading, logging set-up, the error codes
 //! that cross service boundaries, gRPC client and server set-up, Redis connections,
-//! token counting, and (behind the `testing` feature) what the tests need.
+//! token counting. Test fixtures live in `chat-testing`.
 
 pub mod error;
 pub mod grpc;
@@ -14,9 +14,6 @@ pub mod settings;
 pub mod telemetry;
 pub mod tokens;
 pub mod user;
-
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use error::ErrorCode;
 

@@ -4,7 +4,6 @@
 //! format. Exporting never blocks a request: spans are batched in the background and
 //! dropped when the collector is down.
 
-use std::fmt;
 use std::time::Duration;
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -13,13 +12,10 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use serde_json::{Map, Value};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{MakeWriter, TestWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -81,11 +77,7 @@ pub fn init(service: &'static str) -> Telemetry {
                     LevelFilter::OFF
                 }),
         )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .event_format(JsonLines)
-                .with_filter(filter),
-        )
+        .with(json_lines(std::io::stdout).with_filter(filter))
         .try_init();
     if installed.is_ok() {
         tracing::info!(
@@ -117,82 +109,46 @@ pub fn init_for_tests() {
                     .with_tracer(tracer)
                     .with_filter(LevelFilter::INFO),
             )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(JsonLines)
-                    .with_test_writer()
-                    .with_filter(LevelFilter::WARN),
-            )
+            .with(json_lines(TestWriter::new()).with_filter(LevelFilter::WARN))
             .try_init();
     });
 }
 
-/// One JSON object per line: timestamp, level, target, message, the event's fields,
-/// the current span's name, and `trace_id`/`span_id` when inside a traced request.
-struct JsonLines;
-
-impl<S, N> FormatEvent<S, N> for JsonLines
+/// One JSON object per line, in tracing-subscriber's `json` schema (json-subscriber's
+/// layer: `timestamp`, `level`, `target`, the event's fields with `message` at the top
+/// level), plus the current span's name and the `trace_id`/`span_id` of the request.
+/// tracing-subscriber's own JSON formatter has no place for fields of our own, and
+/// json-subscriber's `with_opentelemetry_ids` nests them under another key and sees only
+/// the spans this layer's filter lets through.
+fn json_lines<S, W>(make_writer: W) -> json_subscriber::fmt::Layer<S, W>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
+    W: for<'w> MakeWriter<'w> + 'static,
 {
-    fn format_event(
-        &self,
-        _: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let metadata = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            jiff::Timestamp::now().to_string().into(),
-        );
-        line.insert("level".into(), metadata.level().as_str().into());
-        line.insert("target".into(), metadata.target().into());
-        event.record(&mut FieldsVisitor(&mut line));
-        // The current span of the whole subscriber, not only the spans this layer's
-        // filter lets through: a warning inside a request carries its trace id even
-        // when RUST_LOG hides the request's info span.
-        let current = tracing::Span::current();
-        if let Some(span) = current.metadata() {
-            line.insert("span".into(), span.name().into());
+    let mut layer = json_subscriber::fmt::layer()
+        .with_writer(make_writer)
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false);
+    layer
+        .inner_layer_mut()
+        .add_multiple_dynamic_fields(|_, _, fields| {
+            // The current span of the whole subscriber, not only the spans this layer's
+            // filter lets through: a warning inside a request carries its trace id even
+            // when RUST_LOG hides the request's info span.
+            let current = tracing::Span::current();
+            let Some(span) = current.metadata() else {
+                return;
+            };
+            let _ = fields.write_field("span", span.name());
             let context = current.context();
             let span_context = context.span().span_context().clone();
             if span_context.is_valid() {
-                line.insert(
-                    "trace_id".into(),
-                    span_context.trace_id().to_string().into(),
-                );
-                line.insert("span_id".into(), span_context.span_id().to_string().into());
+                let _ = fields.write_field("trace_id", span_context.trace_id().to_string());
+                let _ = fields.write_field("span_id", span_context.span_id().to_string());
             }
-        }
-        writeln!(writer, "{}", Value::Object(line))
-    }
-}
-
-struct FieldsVisitor<'a>(&'a mut Map<String, Value>);
-
-impl Visit for FieldsVisitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), format!("{value:?}").into());
-    }
+        });
+    layer
 }
 
 /// The trace id of the current span, when it has one.
@@ -203,4 +159,98 @@ pub fn current_trace_id() -> Option<String> {
     span_context
         .is_valid()
         .then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Every line written, shared with the test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        /// The lines this module's tests wrote (other tests may log through the same
+        /// global subscriber).
+        fn lines(&self) -> Vec<Value> {
+            let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap_or(Value::String(line.into())))
+                .filter(|line| line["target"] == module_path!())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn lines_have_their_fields_and_inside_a_request_its_ids_even_if_its_span_is_not_logged()
+    -> Result<(), String> {
+        let provider = SdkTracerProvider::builder().build();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        // As in production with RUST_LOG=warn: the request's info span is traced, not
+        // logged. Installed globally, as in production: the ids come from the process's
+        // current span, which a scoped dispatcher (`with_default`) hides from code running
+        // inside an event. No other test of this crate installs a subscriber.
+        tracing_subscriber::registry()
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_filter(LevelFilter::INFO),
+            )
+            .with(json_lines(move || writer.clone()).with_filter(EnvFilter::new("warn")))
+            .try_init()
+            .map_err(|error| error.to_string())?;
+        tracing::warn!(attempt = 2, "outside any request");
+        let (trace_id, span_id) = {
+            let request = tracing::info_span!("request", user_id = "u1");
+            let _entered = request.enter();
+            tracing::warn!(user_id = "u1", tokens = 12_u64, "quota nearly spent");
+            tracing::info!("not logged at warn");
+            let context = request.context();
+            let span_context = context.span().span_context().clone();
+            (
+                span_context.trace_id().to_string(),
+                span_context.span_id().to_string(),
+            )
+        };
+
+        let lines = captured.lines();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        let outside = &lines[0];
+        assert_eq!(outside["level"], "WARN");
+        assert_eq!(outside["message"], "outside any request");
+        assert_eq!(outside["attempt"], 2);
+        assert!(outside["timestamp"].is_string(), "{outside}");
+        assert!(outside["target"].is_string(), "{outside}");
+        assert!(outside.get("trace_id").is_none(), "{outside}");
+
+        let inside = &lines[1];
+        assert_eq!(inside["message"], "quota nearly spent");
+        assert_eq!(inside["user_id"], "u1");
+        assert_eq!(inside["tokens"], 12);
+        assert_eq!(inside["span"], "request", "{inside}");
+        assert_eq!(inside["trace_id"], trace_id.as_str());
+        assert_eq!(inside["span_id"], span_id.as_str());
+        assert_eq!(trace_id.len(), 32);
+        Ok(())
+    }
 }

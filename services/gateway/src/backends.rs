@@ -2,10 +2,12 @@
 //! call with its own deadline. Spans, trace propagation, deadlines and `rpc_client_*`
 //! metrics come from the layer under every channel ([`chat_common::observe`]).
 
+use std::future::Future;
 use std::time::Duration;
 
 use chat_common::grpc::{ObservedChannel, observed_channel};
 use chat_common::observe::Deadline;
+use chat_proto::account_service_client::AccountServiceClient;
 use chat_proto::filter_service_client::FilterServiceClient;
 use chat_proto::history_service_client::HistoryServiceClient;
 use chat_proto::llm_service_client::LlmServiceClient;
@@ -15,9 +17,12 @@ use chat_proto::{
     NewMessage, QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SaveRequest,
     SettleRequest, SettleResponse, StoredMessage,
 };
-use tonic::{Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::Settings;
+use crate::{ApiError, Settings};
+
+/// The accounts service's client, as the calls through [`Backends::accounts`] get it.
+pub type AccountsClient = AccountServiceClient<ObservedChannel>;
 
 /// Cheap to clone: the channels are shared and multiplex requests over HTTP/2.
 #[derive(Clone)]
@@ -26,10 +31,12 @@ pub struct Backends {
     token: TokenServiceClient<ObservedChannel>,
     llm: LlmServiceClient<ObservedChannel>,
     history: HistoryServiceClient<ObservedChannel>,
+    accounts: AccountsClient,
     filter_deadline: Deadline,
     token_deadline: Deadline,
     llm_deadline: Deadline,
     history_deadline: Deadline,
+    accounts_deadline: Deadline,
 }
 
 fn deadline(millis: u64) -> Deadline {
@@ -44,10 +51,13 @@ impl Backends {
             token: TokenServiceClient::new(observed_channel(&settings.token_addr)?),
             llm: LlmServiceClient::new(observed_channel(&settings.llm_addr)?),
             history: HistoryServiceClient::new(observed_channel(&settings.history_addr)?),
+            // Accounts are served by the history service, beside the history.
+            accounts: AccountServiceClient::new(observed_channel(&settings.history_addr)?),
             filter_deadline: deadline(settings.filter_timeout_ms),
             token_deadline: deadline(settings.token_timeout_ms),
             llm_deadline: deadline(settings.llm_timeout_ms),
             history_deadline: deadline(settings.history_timeout_ms),
+            accounts_deadline: deadline(settings.accounts_timeout_ms),
         })
     }
 
@@ -66,9 +76,14 @@ impl Backends {
         Ok(self.token.clone().settle(request).await?.into_inner())
     }
 
-    pub async fn remaining(&self, user_id: &str) -> Result<QuotaState, Status> {
+    pub async fn remaining(
+        &self,
+        user_id: &str,
+        daily_limit: Option<i64>,
+    ) -> Result<QuotaState, Status> {
         let request = self.token_deadline.unary(RemainingRequest {
             user_id: user_id.to_owned(),
+            daily_limit,
         });
         Ok(self.token.clone().remaining(request).await?.into_inner())
     }
@@ -84,7 +99,12 @@ impl Backends {
         message: CompleteRequest,
     ) -> Result<Streaming<CompleteChunk>, Status> {
         let request = self.llm_deadline.opening(message);
-        Ok(self.llm.clone().complete_stream(request).await?.into_inner())
+        Ok(self
+            .llm
+            .clone()
+            .complete_stream(request)
+            .await?
+            .into_inner())
     }
 
     /// How long to wait for each message of a streamed completion.
@@ -105,6 +125,26 @@ impl Backends {
             user_id: user_id.to_owned(),
             limit,
         });
-        Ok(self.history.clone().list(request).await?.into_inner().messages)
+        Ok(self
+            .history
+            .clone()
+            .list(request)
+            .await?
+            .into_inner()
+            .messages)
+    }
+
+    /// One call to the accounts service, its refusals mapped to the caller's errors
+    /// (401, 403, 404, 409, 400, 429) and its failures to 5xx.
+    pub async fn accounts<M, T, F, Fut>(&self, message: M, call: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(AccountsClient, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let request = self.accounts_deadline.unary(message);
+        call(self.accounts.clone(), request)
+            .await
+            .map(Response::into_inner)
+            .map_err(ApiError::from_accounts)
     }
 }

@@ -22,6 +22,9 @@ pub enum ApiError {
     InvalidUserId(String),
     #[error("invalid text")]
     InvalidText(String),
+    /// A field of an admin or login request that cannot be used.
+    #[error("bad request")]
+    InvalidField(String),
     #[error("payload too large")]
     PayloadTooLarge(usize),
     #[error("text blocked by filter")]
@@ -36,6 +39,22 @@ pub enum ApiError {
     QuotaExceeded(QuotaState),
     #[error("insufficient_quota")]
     InsufficientQuota(String),
+    /// No credential, or a wrong, revoked or expired one, or a disabled user.
+    #[error("unauthorized")]
+    Unauthorized(String),
+    /// A credential asking for someone else's data, or a request from a foreign origin.
+    #[error("forbidden")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound(String),
+    #[error("already exists")]
+    AlreadyExists(String),
+    /// A state-changing request whose body is not declared `application/json`.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// Too many failed logins for the account or the address.
+    #[error("rate_limited")]
+    LoginThrottled(Duration),
     /// A service failed or did not answer in time.
     #[error("{service} failed")]
     Dependency {
@@ -59,11 +78,32 @@ impl ApiError {
         }
     }
 
+    /// A failed call to the accounts service: its refusals are the caller's, not failures.
+    pub fn from_accounts(status: Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::Unauthenticated => Self::Unauthorized(message),
+            Code::PermissionDenied => Self::Forbidden(message),
+            Code::NotFound => Self::NotFound(message),
+            Code::AlreadyExists => Self::AlreadyExists(message),
+            Code::InvalidArgument => Self::InvalidField(message),
+            Code::ResourceExhausted => Self::LoginThrottled(retry_after_of(&status)),
+            _ => Self::dependency("history", status),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         let code = match self {
-            Self::BadJson(_) | Self::InvalidUserId(_) | Self::InvalidText(_) => {
-                ErrorCode::BadRequest
-            }
+            Self::Unauthorized(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::PermissionDenied,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Self::UnsupportedMediaType => return StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::LoginThrottled(_) => ErrorCode::RateLimited,
+            Self::BadJson(_)
+            | Self::InvalidUserId(_)
+            | Self::InvalidText(_)
+            | Self::InvalidField(_) => ErrorCode::BadRequest,
             Self::PayloadTooLarge(_) => return StatusCode::PAYLOAD_TOO_LARGE,
             Self::Blocked(_) => ErrorCode::Blocked,
             Self::RateLimited(_) | Self::ProviderRateLimited(_) => ErrorCode::RateLimited,
@@ -83,9 +123,21 @@ impl ApiError {
             Self::BadJson(detail)
             | Self::InvalidUserId(detail)
             | Self::InvalidText(detail)
+            | Self::InvalidField(detail)
+            | Self::Unauthorized(detail)
+            | Self::Forbidden(detail)
+            | Self::NotFound(detail)
+            | Self::AlreadyExists(detail)
             | Self::Blocked(detail)
             | Self::ProviderRateLimited(detail)
             | Self::InsufficientQuota(detail) => detail.clone(),
+            Self::UnsupportedMediaType => {
+                "send the body as JSON with content-type: application/json".to_owned()
+            }
+            Self::LoginThrottled(wait) => format!(
+                "too many failed logins; try again in {} s",
+                retry_after_secs(*wait)
+            ),
             Self::PayloadTooLarge(limit) => {
                 format!("the request body is larger than {limit} bytes")
             }
@@ -114,6 +166,13 @@ impl ApiError {
             Self::BadJson(_) => "bad_request",
             Self::InvalidUserId(_) => "invalid_user_id",
             Self::InvalidText(_) => "invalid_text",
+            Self::InvalidField(_) => "invalid_field",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::LoginThrottled(_) => "login_throttled",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Blocked(_) => "blocked",
             Self::RateLimited(_) => "rate_limited",
@@ -147,11 +206,22 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited(wait) => Some(retry_after_secs(*wait)),
+            Self::RateLimited(wait) | Self::LoginThrottled(wait) => Some(retry_after_secs(*wait)),
             Self::QuotaExceeded(quota) => Some(quota.reset_after_seconds.max(1) as u64),
             _ => None,
         }
     }
+}
+
+/// The wait a refusing service put in its `retry-after` metadata (seconds), else a minute.
+fn retry_after_of(status: &Status) -> Duration {
+    let seconds = status
+        .metadata()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(seconds)
 }
 
 fn retry_after_secs(wait: Duration) -> u64 {
@@ -190,6 +260,16 @@ mod tests {
             (ApiError::BadJson(String::new()), 400),
             (ApiError::Blocked(String::new()), 400),
             (ApiError::PayloadTooLarge(1), 413),
+            (ApiError::Unauthorized(String::new()), 401),
+            (ApiError::Forbidden(String::new()), 403),
+            (ApiError::NotFound(String::new()), 404),
+            (ApiError::AlreadyExists(String::new()), 409),
+            (ApiError::UnsupportedMediaType, 415),
+            (ApiError::from_accounts(Status::unauthenticated("x")), 401),
+            (
+                ApiError::from_accounts(Status::resource_exhausted("x")),
+                429,
+            ),
             (ApiError::InsufficientQuota(String::new()), 402),
             (ApiError::RateLimited(Duration::from_millis(1500)), 429),
             (ApiError::QuotaExceeded(QuotaState::default()), 429),

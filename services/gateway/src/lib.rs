@@ -1,16 +1,26 @@
-//! HTTP gateway (:8080): the chat API and the browser UI on one port, in front of the
-//! gRPC services. The whole request path of a chat is in [`chat`].
+//! HTTP gateway (:8080): the chat API, the browser UI, the login and the admin API on
+//! one port, in front of the gRPC services. The request path of a chat is in [`chat`];
+//! who is calling is in [`auth`].
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /chat` | filter → quota reserve → llm → quota settle → history save |
-//! | `GET /history?user_id=` | the user's recent messages, oldest first |
+//! | `POST /chat`, `POST /chat/stream` | authenticate → limit → filter ‖ context → reserve → llm → settle ‖ save |
+//! | `GET /history`, `GET /quota` | the caller's recent messages (oldest first) and quota |
+//! | `POST /auth/login`, `POST /auth/logout`, `GET /auth/me` | the UI's session |
+//! | `/admin/...` | users, limits and API keys, with `ADMIN_API_KEY` |
 //! | `GET /health` | `ok` |
 //! | anything else (GET) | the browser UI |
 
+mod admin;
+mod api;
+pub mod auth;
 mod backends;
+mod bootstrap;
 pub mod chat;
+pub mod cli;
 mod error;
+mod guard;
+mod login;
 mod metrics;
 mod observe;
 mod rate_limit;
@@ -18,12 +28,18 @@ mod routes;
 mod settings;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 pub use backends::Backends;
 pub use error::ApiError;
-pub use settings::Settings;
+pub use settings::{AuthMode, Settings};
+
+/// How often idle users' rate-limit buckets are forgotten.
+const LIMITER_UPKEEP: Duration = Duration::from_secs(60);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish.
@@ -35,15 +51,48 @@ pub async fn run(
     chat_common::metrics::spawn_server(&settings.gateway_metrics_listen).await?;
     metrics::describe();
     chat_common::tokens::warm_up();
-    let app = routes::router(&settings)?;
-    tracing::info!(local = %listener.local_addr()?, "gateway listening");
+    let backends = Backends::connect(&settings)?;
+    let state = Arc::new(routes::AppState::new(&settings, backends.clone())?);
+    match settings.auth_mode {
+        AuthMode::Required => {
+            tokio::spawn(bootstrap::first_user(
+                backends,
+                settings.admin_password.clone(),
+            ));
+        }
+        AuthMode::None => tracing::warn!(
+            "AUTH_MODE=none: authentication is off, any caller can act as any user; for local trials only"
+        ),
+    }
+    spawn_limiter_upkeep(&state);
+    let app = routes::router(&settings, state);
+    tracing::info!(local = %listener.local_addr()?, auth_mode = ?settings.auth_mode, "gateway listening");
     // Replies and stream events are small writes: send them without Nagle's delay.
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
         let _ = stream.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+fn spawn_limiter_upkeep(state: &Arc<routes::AppState>) {
+    let state = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LIMITER_UPKEEP);
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            if let Some(limiter) = &state.limiter {
+                limiter.forget_idle();
+            }
+        }
+    });
 }

@@ -1,5 +1,6 @@
 //! The gateway service's process: settings, logging, listener, then [`chat_gateway::run`].
-//! `chat-gateway healthcheck` asks a running instance whether it is healthy.
+//! `chat-gateway healthcheck` asks a running instance whether it is healthy;
+//! `chat-gateway admin ...` manages users and keys ([`chat_gateway::cli`]).
 
 use chat_gateway::Settings;
 
@@ -9,6 +10,9 @@ async fn main() -> std::process::ExitCode {
         let settings: Settings = chat_common::settings::load()?;
         if chat_common::healthcheck::requested() {
             return chat_common::healthcheck::http(&settings.gateway_listen, "/health").await;
+        }
+        if let Some(args) = chat_gateway::cli::requested() {
+            return chat_gateway::cli::run(&settings, args).await;
         }
         let _telemetry = chat_common::telemetry::init("gateway");
         let listener = chat_common::bind(&settings.gateway_listen).await?;

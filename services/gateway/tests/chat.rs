@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use chat_common::testing::Upstream;
+use chat_testing::Upstream;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Stack, total_tokens};

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use chat_common::testing::Upstream;
 use chat_common::tokens;
+use chat_testing::Upstream;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -8,11 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_common::testing::{FakeOpenAi, TestDatabase, TestRedis};
+use chat_testing::stack::{self, Backing, Stack};
+use chat_testing::{FakeOpenAi, TestDatabase, TestRedis};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -24,7 +24,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::process::{Child, Command};
 
 const SERVICES: [&str; 5] = ["gateway", "filter", "token", "llm", "history"];
 
@@ -136,29 +135,10 @@ impl Receiver {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// The service binaries sit next to the gateway's.
-fn binary(service: &str) -> anyhow::Result<PathBuf> {
-    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_chat-gateway"));
-    let path = gateway.with_file_name(format!("chat-{service}"));
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
-        path.display()
-    );
-    Ok(path)
-}
-
+/// The five services as processes from the debug binaries beside the gateway's, each
+/// exporting its spans to `collector`, and a client for them.
 struct Processes {
-    /// Killed when dropped (`kill_on_drop`).
-    _children: Vec<Child>,
-    gateway: String,
-    metrics: Vec<(String, String)>,
+    stack: Stack,
     http: reqwest::Client,
 }
 
@@ -168,77 +148,38 @@ async fn start_processes(
     database: &TestDatabase,
     provider: &FakeOpenAi,
 ) -> anyhow::Result<Processes> {
-    let mut ports = BTreeMap::new();
-    for service in SERVICES {
-        ports.insert(service, (free_port()?, free_port()?));
-    }
-    let address = |service: &str| format!("http://127.0.0.1:{}", ports[service].0);
-    let mut children = Vec::new();
-    let mut metrics = Vec::new();
-    for service in SERVICES {
-        let (port, metrics_port) = ports[service];
-        let upper = service.to_uppercase();
-        let child = Command::new(binary(service)?)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("RUST_LOG", "warn")
-            .env_remove("CHAT_CONFIG")
-            .env(format!("{upper}_LISTEN"), format!("127.0.0.1:{port}"))
-            .env(
-                format!("{upper}_METRICS_LISTEN"),
-                format!("127.0.0.1:{metrics_port}"),
-            )
-            .env("REDIS_ADDR", &redis.addr)
-            .env("REDIS_KEY_PREFIX", &redis.prefix)
-            .env("MYSQL_DSN", &database.url)
-            .env("OPENAI_API_KEY", "sk-test-telemetry")
-            .env("OPENAI_BASE_URL", &provider.base_url)
-            .env("OPENAI_MODEL", "gpt-test")
-            .env("RATE_LIMIT_PER_MINUTE", "0")
-            .env("FILTER_ADDR", address("filter"))
-            .env("TOKEN_ADDR", address("token"))
-            .env("LLM_ADDR", address("llm"))
-            .env("HISTORY_ADDR", address("history"))
-            .env("FILTER_TIMEOUT_MS", "5000")
-            .env("TOKEN_TIMEOUT_MS", "5000")
-            .env("HISTORY_TIMEOUT_MS", "5000")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        children.push(child);
-        metrics.push((
-            service.to_owned(),
-            format!("http://127.0.0.1:{metrics_port}/metrics"),
-        ));
-    }
-    let processes = Processes {
-        _children: children,
-        gateway: address("gateway"),
-        metrics,
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_chat-gateway"));
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "warn"),
+        ("RATE_LIMIT_PER_MINUTE", "0"),
+        ("FILTER_TIMEOUT_MS", "5000"),
+        ("TOKEN_TIMEOUT_MS", "5000"),
+        ("HISTORY_TIMEOUT_MS", "5000"),
+    ];
+    let options = stack::Processes {
+        bin_dir: gateway.parent().map(PathBuf::from).unwrap_or_default(),
+        gateways: 1,
+        env: env
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+    };
+    let stack = Stack::processes(&Backing::of(redis, database, provider), &options).await?;
+    Ok(Processes {
+        stack,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()?,
-    };
-    for _ in 0..300 {
-        let ready = processes
-            .http
-            .get(format!("{}/history?user_id=warmup", processes.gateway))
-            .send()
-            .await
-            .is_ok_and(|response| response.status() == StatusCode::OK);
-        if ready {
-            return Ok(processes);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the services did not become ready")
+    })
 }
 
 impl Processes {
     async fn chat(&self, traceparent: Option<&str>) -> anyhow::Result<String> {
         let mut request = self
             .http
-            .post(format!("{}/chat", self.gateway))
+            .post(format!("{}/chat", self.stack.gateway()))
             .json(&json!({"user_id": "u1", "text": "hello there"}));
         if let Some(traceparent) = traceparent {
             request = request.header("traceparent", traceparent);
@@ -261,7 +202,7 @@ impl Processes {
     /// Metric name → every label name seen on it, over all five services.
     async fn scrape(&self) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
         let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (service, url) in &self.metrics {
+        for (service, url) in &self.stack.metrics {
             let body = self.http.get(url).send().await?.text().await?;
             anyhow::ensure!(body.contains("_total"), "{service} served no metrics");
             for line in body
@@ -434,7 +375,7 @@ async fn one_chat_is_one_trace_across_every_service_and_every_dashboard_metric_e
     // the queries use.
     let response = processes
         .http
-        .post(format!("{}/chat", processes.gateway))
+        .post(format!("{}/chat", processes.stack.gateway()))
         .json(&json!({"user_id": "u1", "text": "foo bar"}))
         .send()
         .await?;

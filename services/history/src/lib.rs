@@ -8,7 +8,11 @@
 //! versioned migrations in `deploy/mysql/migrations` at start.
 //!
 //! The request path is `store.rs`; `service.rs` is the gRPC edge over it.
+//!
+//! The same server answers the `AccountService` (users, API keys, logins, sessions),
+//! since this service already owns MySQL and Redis: see `accounts/`.
 
+mod accounts;
 mod cache;
 mod dsn;
 mod error;
@@ -21,16 +25,19 @@ mod writer;
 
 use std::future::Future;
 
+use chat_proto::account_service_server::AccountServiceServer;
 use chat_proto::history_service_server::HistoryServiceServer;
 use tokio::net::TcpListener;
 
+pub use accounts::{AccountError, Accounts};
 pub use dsn::mysql_opts;
 pub use error::HistoryError;
 pub use migrations::migrate;
 pub use settings::Settings;
 pub use store::History;
 
-/// Migrates the schema, then serves history on `listener` until `shutdown` resolves.
+/// Migrates the schema, then serves history and accounts on `listener` until
+/// `shutdown` resolves.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -39,13 +46,18 @@ pub async fn run(
     chat_common::metrics::spawn_server(&settings.history_metrics_listen).await?;
     metrics::register();
     let history = History::connect(&settings).await?;
+    let accounts = Accounts::new(&settings, history.mysql_pool()).await?;
     let (reporter, health) = chat_common::grpc::health();
     reporter
         .set_serving::<HistoryServiceServer<History>>()
         .await;
+    reporter
+        .set_serving::<AccountServiceServer<Accounts>>()
+        .await;
     let router = chat_common::grpc::server()
         .add_service(health)
-        .add_service(HistoryServiceServer::new(history.clone()));
+        .add_service(HistoryServiceServer::new(history.clone()))
+        .add_service(AccountServiceServer::new(accounts));
     let served = chat_common::grpc::serve(router, listener, shutdown).await;
     history.close().await;
     served

@@ -39,6 +39,16 @@ const MIGRATIONS: &[Migration] = &[
         name: "incomplete_replies",
         sql: include_str!("../../../deploy/mysql/migrations/0003_incomplete_replies.sql"),
     },
+    Migration {
+        version: 4,
+        name: "accounts",
+        sql: include_str!("../../../deploy/mysql/migrations/0004_accounts.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "exact_user_ids",
+        sql: include_str!("../../../deploy/mysql/migrations/0005_exact_user_ids.sql"),
+    },
 ];
 
 const LOCK: &str = "chat_history_migrations";

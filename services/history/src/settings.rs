@@ -34,6 +34,15 @@ pub struct Settings {
     pub history_writers: usize,
     /// Most rows in one group-committed INSERT (`HISTORY_BATCH_ROWS`).
     pub history_batch_rows: usize,
+    /// How long a UI login lasts (`SESSION_TTL_SECONDS`); the session ends then even
+    /// while in use, so a stolen cookie does not live forever.
+    pub session_ttl_seconds: u64,
+    /// Failed logins per account, and per client address, before further attempts are
+    /// refused unchecked until the window ends (`LOGIN_MAX_FAILURES`).
+    pub login_max_failures: u32,
+    /// The window failed logins are counted in, from the first one
+    /// (`LOGIN_FAILURE_WINDOW_SECONDS`).
+    pub login_failure_window_seconds: u64,
 }
 
 impl Default for Settings {
@@ -51,6 +60,9 @@ impl Default for Settings {
             store_timeout_ms: 2000,
             history_writers: 4,
             history_batch_rows: 256,
+            session_ttl_seconds: 12 * 3600,
+            login_max_failures: 5,
+            login_failure_window_seconds: 15 * 60,
         }
     }
 }

@@ -70,6 +70,11 @@ impl History {
         })
     }
 
+    /// The MySQL pool, for the accounts served beside the history.
+    pub(crate) fn mysql_pool(&self) -> Pool {
+        self.inner.mysql.clone()
+    }
+
     pub async fn close(&self) {
         if let Err(error) = self.inner.mysql.clone().disconnect().await {
             tracing::warn!(%error, "closing the mysql pool failed");

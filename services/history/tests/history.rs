@@ -1,9 +1,9 @@
 //! History against a real MySQL-protocol server and a real Redis.
 
-use chat_common::testing::{TestDatabase, TestRedis};
 use chat_history::{History, Settings};
 use chat_proto::history_service_server::HistoryService;
 use chat_proto::{ListRequest, ListResponse, NewMessage, Role, SaveRequest};
+use chat_testing::{TestDatabase, TestRedis};
 use mysql_async::prelude::Queryable;
 use tonic::Request;
 
@@ -260,5 +260,24 @@ async fn concurrent_saves_are_group_committed_without_mixing_anything_up() -> an
         assert_eq!(listed.messages[position].text, format!("question {i}"));
         assert_eq!(listed.messages[position + 1].text, format!("answer {i}"));
     }
+    Ok(())
+}
+
+/// User ids are exact everywhere: Redis keys are, and so are accounts ("Alice" and
+/// "alice" may be two users). MySQL must not hand one user's messages to the other.
+#[tokio::test]
+async fn ids_differing_in_case_are_different_users() -> anyhow::Result<()> {
+    let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
+    let history = History::connect(&settings(&db, &redis)).await?;
+    save(&history, "alice", &[(Role::User, "alice's secret")]).await?;
+    for limit in [0, 200] {
+        // 200 is past the cache's size: read from MySQL directly.
+        let other = list(&history, "ALICE", limit).await?;
+        assert!(texts(&other).is_empty(), "{limit}: {:?}", texts(&other));
+    }
+    assert_eq!(
+        texts(&list(&history, "alice", 0).await?),
+        ["alice's secret"]
+    );
     Ok(())
 }

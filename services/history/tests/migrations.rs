@@ -2,7 +2,7 @@
 //! ways, and several replicas starting at once. (Upgrading the original service's
 //! table with data in it is in `history.rs`.)
 
-use chat_common::testing::TestDatabase;
+use chat_testing::TestDatabase;
 use mysql_async::Pool;
 use mysql_async::prelude::Queryable;
 
@@ -43,7 +43,7 @@ async fn several_replicas_starting_at_once_apply_each_migration_once() -> anyhow
     ran.sort_unstable();
     assert_eq!(
         ran,
-        [0, 0, 3],
+        [0, 0, 5],
         "one replica migrates, the others find it done"
     );
     assert_eq!(index_and_column(&pools[0]).await?, (true, true));
@@ -62,7 +62,7 @@ async fn the_original_table_gains_the_index_and_the_column() -> anyhow::Result<(
         .query_drop(include_str!("fixtures/original_table.sql"))
         .await?;
     assert_eq!(index_and_column(&pool).await?, (false, false));
-    assert_eq!(chat_history::migrate(&pool).await?, 3);
+    assert_eq!(chat_history::migrate(&pool).await?, 5);
     assert_eq!(index_and_column(&pool).await?, (true, true));
     pool.disconnect().await?;
     Ok(())
@@ -87,7 +87,7 @@ async fn changes_already_made_by_hand_are_skipped() -> anyhow::Result<()> {
              ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
         ))
         .await?;
-    assert_eq!(chat_history::migrate(&pool).await?, 3);
+    assert_eq!(chat_history::migrate(&pool).await?, 5);
     assert_eq!(index_and_column(&pool).await?, (true, true));
     assert_eq!(chat_history::migrate(&pool).await?, 0);
     pool.disconnect().await?;

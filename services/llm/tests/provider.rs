@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use chat_common::testing::{FakeOpenAi, Upstream};
 use chat_llm::{Llm, ProviderKind, Settings};
 use chat_proto::llm_service_server::LlmService;
 use chat_proto::{ChatMessage, CompleteRequest, CompleteResponse, Role};
+use chat_testing::{FakeOpenAi, Upstream};
 use tonic::Code;
 
 fn llm(fake: &FakeOpenAi) -> anyhow::Result<Llm> {

@@ -14,6 +14,8 @@ pub enum QuotaError {
     TokensNotPositive,
     #[error("actual_tokens must not be negative")]
     ActualTokensNegative,
+    #[error("daily_limit must not be negative")]
+    LimitNegative,
     /// No pooled Redis connection: Redis is down or the pool is exhausted.
     #[error("quota store unavailable: {0}")]
     StoreUnavailable(deadpool_redis::PoolError),
@@ -34,7 +36,8 @@ impl QuotaError {
             Self::BadUserId(_)
             | Self::BadReservationId
             | Self::TokensNotPositive
-            | Self::ActualTokensNegative => ErrorCode::BadRequest,
+            | Self::ActualTokensNegative
+            | Self::LimitNegative => ErrorCode::BadRequest,
             Self::StoreUnavailable(_) | Self::StoreFailed(_) | Self::StoreTimedOut => {
                 ErrorCode::Unavailable
             }

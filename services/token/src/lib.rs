@@ -11,6 +11,10 @@
 //! (expiry set once, 48 h); `reservation:{user}:{id}` one open reservation;
 //! `reservations:pending` the open reservations by deadline.
 //!
+//! The limit is `DAILY_LIMIT`, or the user's own when the caller sends `daily_limit`
+//! (the gateway does, from the account). A reservation keeps the limit it was made
+//! under, so its settlement reports the tokens left against the same limit.
+//!
 //! The rules are in `quota.rs`; `service.rs` is the gRPC edge over them.
 
 mod error;

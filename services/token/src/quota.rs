@@ -87,6 +87,7 @@ impl Quota {
         if request.tokens <= 0 {
             return Err(QuotaError::TokensNotPositive);
         }
+        let limit = self.limit(request.daily_limit)?;
         let day = self.today()?;
         let deadline_ms = Timestamp::now().as_millisecond() + self.inner.reservation_ttl_ms;
         let mut connection = self.connection().await?;
@@ -95,7 +96,7 @@ impl Quota {
             .key(self.reservation_key(&request.user_id, &request.reservation_id))
             .key(self.pending_key())
             .arg(request.tokens)
-            .arg(self.inner.daily_limit)
+            .arg(limit)
             .arg(self.inner.key_ttl_secs)
             .arg(deadline_ms);
         let (granted, used): (i64, i64) = self
@@ -108,12 +109,14 @@ impl Quota {
         }
         Ok(ReserveResponse {
             granted,
-            quota: Some(self.state(used, &day)),
+            quota: Some(state(used, limit, &day)),
         })
     }
 
     /// Replaces a reservation by the real usage (0 refunds it), exactly once: a retry
-    /// of a settled reservation changes nothing and says so.
+    /// of a settled reservation changes nothing and says so. The quota answered is
+    /// against the limit kept with the reservation; a retry, whose reservation is gone,
+    /// is answered against the default limit.
     pub async fn settle_tokens(
         &self,
         request: &SettleRequest,
@@ -130,9 +133,14 @@ impl Quota {
             .key(self.pending_key())
             .key(self.quota_key(&request.user_id, &day.date))
             .arg(request.actual_tokens);
-        let (settled, used): (i64, i64) = self
+        let (settled, used, kept_limit): (i64, i64, i64) = self
             .redis("settle", invocation.invoke_async(&mut connection))
             .await?;
+        let limit = if kept_limit >= 0 {
+            kept_limit
+        } else {
+            self.inner.daily_limit
+        };
         let settled = settled == 1;
         metrics::settlement(settled);
         if settled && request.actual_tokens == 0 {
@@ -147,7 +155,7 @@ impl Quota {
         }
         Ok(SettleResponse {
             settled,
-            quota: Some(self.state(used, &day)),
+            quota: Some(state(used, limit, &day)),
         })
     }
 
@@ -156,6 +164,7 @@ impl Quota {
         request: &RemainingRequest,
     ) -> Result<QuotaState, QuotaError> {
         validate_user_id(&request.user_id)?;
+        let limit = self.limit(request.daily_limit)?;
         let day = self.today()?;
         let mut connection = self.connection().await?;
         let used: Option<i64> = self
@@ -166,7 +175,7 @@ impl Quota {
                     .query_async(&mut connection),
             )
             .await?;
-        Ok(self.state(used.unwrap_or(0), &day))
+        Ok(state(used.unwrap_or(0), limit, &day))
     }
 
     /// Refunds every reservation past its deadline; returns how many.
@@ -233,11 +242,12 @@ impl Quota {
         format!("{}reservations:pending", self.inner.prefix)
     }
 
-    fn state(&self, used: i64, day: &Day) -> QuotaState {
-        QuotaState {
-            remaining: (self.inner.daily_limit - used).max(0),
-            limit: self.inner.daily_limit,
-            reset_after_seconds: day.reset_after_seconds,
+    /// The user's own limit when the caller sent one, else `DAILY_LIMIT`.
+    fn limit(&self, requested: Option<i64>) -> Result<i64, QuotaError> {
+        match requested {
+            Some(limit) if limit < 0 => Err(QuotaError::LimitNegative),
+            Some(limit) => Ok(limit),
+            None => Ok(self.inner.daily_limit),
         }
     }
 
@@ -265,6 +275,14 @@ impl Quota {
             metrics::store_error();
         }
         outcome
+    }
+}
+
+fn state(used: i64, limit: i64, day: &Day) -> QuotaState {
+    QuotaState {
+        remaining: (limit - used).max(0),
+        limit,
+        reset_after_seconds: day.reset_after_seconds,
     }
 }
 

@@ -1,9 +1,9 @@
 //! The quota against a real Redis: arithmetic, exactly-once settlement, atomicity
 //! under concurrency, and the sweeper.
 
-use chat_common::testing::TestRedis;
 use chat_proto::token_service_server::TokenService;
-use chat_proto::{RemainingRequest, ReserveRequest, SettleRequest};
+use chat_proto::{QuotaState, RemainingRequest, ReserveRequest, SettleRequest};
+use chat_testing::TestRedis;
 use chat_token::{Quota, Settings};
 use tonic::Request;
 
@@ -19,11 +19,23 @@ fn quota(redis: &TestRedis, daily_limit: i64) -> anyhow::Result<Quota> {
 }
 
 async fn reserve(quota: &Quota, user: &str, id: &str, tokens: i64) -> anyhow::Result<(bool, i64)> {
+    reserve_within(quota, user, id, tokens, None).await
+}
+
+/// A reservation under the user's own daily limit, when `daily_limit` is set.
+async fn reserve_within(
+    quota: &Quota,
+    user: &str,
+    id: &str,
+    tokens: i64,
+    daily_limit: Option<i64>,
+) -> anyhow::Result<(bool, i64)> {
     let answer = quota
         .reserve(Request::new(ReserveRequest {
             user_id: user.into(),
             reservation_id: id.into(),
             tokens,
+            daily_limit,
         }))
         .await?
         .into_inner();
@@ -43,13 +55,17 @@ async fn settle(quota: &Quota, user: &str, id: &str, actual: i64) -> anyhow::Res
 }
 
 async fn remaining(quota: &Quota, user: &str) -> anyhow::Result<i64> {
+    Ok(state(quota, user, None).await?.remaining)
+}
+
+async fn state(quota: &Quota, user: &str, daily_limit: Option<i64>) -> anyhow::Result<QuotaState> {
     Ok(quota
         .remaining(Request::new(RemainingRequest {
             user_id: user.into(),
+            daily_limit,
         }))
         .await?
-        .into_inner()
-        .remaining)
+        .into_inner())
 }
 
 #[tokio::test]
@@ -125,6 +141,82 @@ async fn the_sweeper_refunds_abandoned_reservations() -> anyhow::Result<()> {
     // A settlement arriving after the sweep changes nothing.
     assert_eq!(settle(&quota, "u1", "lost", 300).await?, (false, 950));
     assert_eq!(quota.sweep().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_with_an_own_limit_gets_it_and_others_keep_the_default() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    let own = Some(5000);
+    // Past the default, within the user's own limit.
+    assert_eq!(
+        reserve_within(&quota, "big", "r1", 3000, own).await?,
+        (true, 2000)
+    );
+    assert_eq!(
+        reserve_within(&quota, "big", "r2", 2500, own).await?,
+        (false, 2000)
+    );
+    let big = state(&quota, "big", own).await?;
+    assert_eq!((big.remaining, big.limit), (2000, 5000));
+    // Everyone else keeps DAILY_LIMIT.
+    assert_eq!(reserve(&quota, "small", "r1", 3000).await?, (false, 1000));
+    let small = state(&quota, "small", None).await?;
+    assert_eq!((small.remaining, small.limit), (1000, 1000));
+    // A lower limit than the default holds too, zero included.
+    assert_eq!(
+        reserve_within(&quota, "tight", "r1", 200, Some(100)).await?,
+        (false, 100)
+    );
+    assert_eq!(
+        reserve_within(&quota, "none", "r1", 1, Some(0)).await?,
+        (false, 0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_settlement_reports_against_the_limit_of_its_reservation() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    assert_eq!(
+        reserve_within(&quota, "big", "r1", 3000, Some(5000)).await?,
+        (true, 2000)
+    );
+    // SettleRequest carries no limit: the one kept with the reservation applies.
+    let settled = quota
+        .settle(Request::new(SettleRequest {
+            user_id: "big".into(),
+            reservation_id: "r1".into(),
+            actual_tokens: 1200,
+        }))
+        .await?
+        .into_inner();
+    assert!(settled.settled);
+    let after = settled.quota.unwrap_or_default();
+    assert_eq!((after.remaining, after.limit), (3800, 5000));
+    // The sweeper refunds a reservation kept with its limit as any other.
+    assert_eq!(
+        reserve_within(&quota, "big", "lost", 800, Some(5000)).await?,
+        (true, 3000)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(quota.sweep().await?, 1);
+    assert_eq!(state(&quota, "big", Some(5000)).await?.remaining, 3800);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_negative_limit_is_rejected() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    let code = reserve_within(&quota, "u1", "r", 1, Some(-1))
+        .await
+        .err()
+        .and_then(|error| error.downcast::<tonic::Status>().ok())
+        .map(|status| status.code());
+    assert_eq!(code, Some(tonic::Code::InvalidArgument));
     Ok(())
 }
 

@@ -1,13 +1,13 @@
 //! Everything before the model: validation, filter ‖ context, prompt, reservation.
 //! A new step before the model call belongs here.
 
-use chat_common::user::validate_user_id;
 use chat_proto::{ChatMessage, CompleteRequest, NewMessage, Role};
 use tonic::Code;
 
+use super::Policy;
 use super::prompt::Prompt;
 use super::reservation::Reservation;
-use super::{ChatRequest, Policy};
+use crate::auth::Caller;
 use crate::{ApiError, Backends};
 
 /// A chat turn ready for the model: what to send, and what it holds until it is closed.
@@ -32,15 +32,15 @@ pub struct Closed {
     pub history_saved: bool,
 }
 
-/// Validates the request, filters the text while fetching the context, builds the
-/// prompt and reserves its estimate.
+/// Filters the caller's text while fetching the context, builds the prompt and
+/// reserves its estimate. The caller was authenticated and rate limited by the route.
 pub async fn prepare(
     backends: &Backends,
     policy: &Policy,
-    request: ChatRequest,
+    caller: Caller,
+    text: String,
 ) -> Result<Turn, ApiError> {
-    let ChatRequest { user_id, text } = request;
-    validate_user_id(&user_id).map_err(|error| ApiError::InvalidUserId(error.to_string()))?;
+    let user_id = caller.user_id.clone();
     if text.trim().is_empty() {
         return Err(ApiError::InvalidText("text is empty".to_owned()));
     }
@@ -64,7 +64,7 @@ pub async fn prepare(
         Vec::new()
     });
     let prompt = Prompt::build(policy, &earlier, &verdict.cleaned);
-    let reservation = Reservation::take(backends, &user_id, prompt.reservation(policy)).await?;
+    let reservation = Reservation::take(backends, &caller, prompt.reservation(policy)).await?;
     Ok(Turn {
         backends: backends.clone(),
         user_id,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chat_proto::{QuotaState, ReserveRequest, SettleRequest};
 
+use crate::auth::Caller;
 use crate::metrics;
 use crate::{ApiError, Backends};
 
@@ -27,14 +28,17 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Reserves `tokens` for `user_id`; a refusal is `quota_exceeded` with the quota.
-    pub async fn take(backends: &Backends, user_id: &str, tokens: i64) -> Result<Self, ApiError> {
+    /// Reserves `tokens` against the caller's daily limit; a refusal is `quota_exceeded`
+    /// with the quota.
+    pub async fn take(backends: &Backends, caller: &Caller, tokens: i64) -> Result<Self, ApiError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let user_id = &caller.user_id;
         let reserved = backends
             .reserve(ReserveRequest {
-                user_id: user_id.to_owned(),
+                user_id: user_id.clone(),
                 reservation_id: id.clone(),
                 tokens,
+                daily_limit: caller.daily_limit,
             })
             .await
             .map_err(|status| ApiError::dependency("token", status))?;
@@ -44,7 +48,7 @@ impl Reservation {
         }
         Ok(Self {
             backends: backends.clone(),
-            user_id: user_id.to_owned(),
+            user_id: user_id.clone(),
             id,
             remaining_after_reserve: quota.remaining,
             closed: false,
@@ -125,7 +129,7 @@ impl Drop for Reservation {
 
 #[cfg(test)]
 mod tests {
-    use chat_common::testing::TestRedis;
+    use chat_testing::TestRedis;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -154,7 +158,15 @@ mod tests {
     }
 
     async fn remaining(backends: &Backends) -> anyhow::Result<i64> {
-        Ok(backends.remaining("reserver").await?.remaining)
+        Ok(backends.remaining("reserver", None).await?.remaining)
+    }
+
+    fn reserver() -> Caller {
+        Caller {
+            user_id: "reserver".to_owned(),
+            daily_limit: None,
+            rate_limit_per_minute: None,
+        }
     }
 
     #[tokio::test]
@@ -164,7 +176,7 @@ mod tests {
         // The token service may still be starting: the first reservation waits for it.
         let mut first = None;
         for _ in 0..100 {
-            match Reservation::take(&backends, "reserver", 300).await {
+            match Reservation::take(&backends, &reserver(), 300).await {
                 Ok(reservation) => {
                     first = Some(reservation);
                     break;
@@ -178,7 +190,7 @@ mod tests {
         assert_eq!(remaining(&backends).await?, 700, "held while open");
         assert_eq!(first.settle(120).await, 880, "charged the real usage");
 
-        let second = Reservation::take(&backends, "reserver", 500).await?;
+        let second = Reservation::take(&backends, &reserver(), 500).await?;
         assert_eq!(remaining(&backends).await?, 380);
         drop(second);
         // Refunded in the background, without waiting for the sweeper.
@@ -192,7 +204,7 @@ mod tests {
         }
         assert_eq!(left, 880, "the dropped reservation was refunded");
 
-        let refused = Reservation::take(&backends, "reserver", 5000).await;
+        let refused = Reservation::take(&backends, &reserver(), 5000).await;
         assert!(matches!(refused, Err(ApiError::QuotaExceeded(_))));
         Ok(())
     }

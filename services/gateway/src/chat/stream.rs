@@ -10,7 +10,8 @@ use chat_proto::{CompleteChunk, Usage};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
-use super::{ChatRequest, Policy, Turn, UsageBody, prepare};
+use super::{Policy, Turn, UsageBody, prepare};
+use crate::auth::Caller;
 use crate::metrics::{self, StreamOutcome};
 use crate::{ApiError, Backends};
 
@@ -43,10 +44,11 @@ const EVENT_BUFFER: usize = 64;
 pub async fn chat_stream(
     backends: Backends,
     policy: Policy,
-    request: ChatRequest,
+    caller: Caller,
+    text: String,
     mut head: oneshot::Sender<StreamHead>,
 ) {
-    let turn = match prepare(&backends, &policy, request).await {
+    let turn = match prepare(&backends, &policy, caller, text).await {
         Ok(turn) => turn,
         Err(error) => {
             let _ = head.send(Err(error));

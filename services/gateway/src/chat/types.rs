@@ -5,9 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::Settings;
 
+/// The body of `POST /chat` and `/chat/stream`. With a credential `user_id` may be left
+/// out (it is the caller's); in trust mode it is required.
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
-    pub user_id: String,
+    #[serde(default)]
+    pub user_id: Option<String>,
     #[serde(default)]
     pub text: String,
 }

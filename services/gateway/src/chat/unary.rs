@@ -1,14 +1,16 @@
 //! `POST /chat`: the whole reply at once.
 
-use super::{ChatRequest, ChatResponse, Policy, prepare};
+use super::{ChatResponse, Policy, prepare};
+use crate::auth::Caller;
 use crate::{ApiError, Backends};
 
 pub async fn chat(
     backends: &Backends,
     policy: &Policy,
-    request: ChatRequest,
+    caller: Caller,
+    text: String,
 ) -> Result<ChatResponse, ApiError> {
-    let turn = prepare(backends, policy, request).await?;
+    let turn = prepare(backends, policy, caller, text).await?;
     let answer = match backends.complete(turn.completion_request()).await {
         Ok(answer) => answer,
         Err(status) => {

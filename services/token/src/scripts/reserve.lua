@@ -1,6 +1,7 @@
 -- Reserve ARGV[1] tokens of today's quota, atomically, under a reservation id.
 -- KEYS[1] quota counter of the day, KEYS[2] the reservation, KEYS[3] pending set.
--- ARGV: tokens, daily limit, counter ttl (s), reservation deadline (unix ms).
+-- ARGV: tokens, the user's daily limit, counter ttl (s), reservation deadline (unix ms).
+-- The limit is kept with the reservation, so a settlement reports against the same one.
 -- Returns {granted (0/1), used after}.
 local tokens = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -17,6 +18,6 @@ if redis.call('TTL', KEYS[1]) == -1 then
   -- The expiry is set once, when the day's counter is created.
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-redis.call('HSET', KEYS[2], 'quota', KEYS[1], 'tokens', tokens)
+redis.call('HSET', KEYS[2], 'quota', KEYS[1], 'tokens', tokens, 'limit', limit)
 redis.call('ZADD', KEYS[3], ARGV[4], KEYS[2])
 return {1, used}

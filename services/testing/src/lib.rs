@@ -1,0 +1,38 @@
+//! What the tests and the benchmark run against: real Redis and MySQL, isolated per
+//! test; a real HTTP server speaking OpenAI's Chat Completions wire format; and the one
+//! launcher that starts the whole stack, as tasks of the test's runtime or as separate
+//! processes.
+//!
+//! Production crates depend on this crate only as a dev-dependency.
+//!
+//! Where the servers are comes from `TEST_REDIS_ADDR` (default `redis://127.0.0.1:6379`)
+//! and `TEST_MYSQL_URL` (default `mysql://chat:chat@127.0.0.1:3306`, a user allowed to
+//! create databases). `deploy/dev/deps.sh up` starts both natively.
+
+mod mysql;
+pub mod openai;
+mod redis;
+pub mod stack;
+
+pub use mysql::{TestDatabase, mysql_server_url};
+pub use openai::{FakeOpenAi, FixedReply, Marks, Upstream};
+pub use redis::{TestRedis, redis_addr};
+
+/// Runs an async clean-up from `Drop`, on a thread of its own so it works whether or
+/// not the test's runtime is still alive.
+fn clean_up_in_background<F, Fut>(work: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let joined = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(work())
+    })
+    .join();
+    if let Ok(Err(error)) = joined {
+        tracing::warn!(%error, "test clean-up failed");
+    }
+}

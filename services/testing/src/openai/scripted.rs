@@ -1,0 +1,170 @@
+//! The scripted fake: each request does what the test queued for it, and what the
+//! provider was asked is kept for assertions.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chat_common::tokens;
+use serde_json::{Value, json};
+
+use super::stream::StreamPlan;
+use super::wire;
+
+/// What the fake provider does with one request.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// 200 with `echo: <last user message>`; usage counted with the real tokenizer.
+    Echo,
+    /// 200 with this reply text.
+    Reply(String),
+    /// 429 `rate_limit_exceeded`.
+    RateLimited,
+    /// 429 `insufficient_quota`: the account has no credit.
+    InsufficientQuota,
+    /// 500 with a non-JSON body, as OpenAI's servers sometimes send.
+    ServerError,
+    /// Waits this long, then echoes.
+    Slow(Duration),
+    /// This reply, streamed with a pause before every chunk after the role chunk (so
+    /// before the first word too).
+    Streamed { text: String, chunk_delay: Duration },
+    /// Streams this reply but cuts the connection after `after_chunks` content chunks.
+    BrokenStream { text: String, after_chunks: usize },
+}
+
+#[derive(Default)]
+pub(super) struct Script {
+    /// Behaviours for the next requests, in order; `fallback` once it is empty.
+    pub(super) queue: Mutex<VecDeque<Upstream>>,
+    pub(super) fallback: Mutex<Option<Upstream>>,
+    /// Every request body received, for assertions on what the provider saw.
+    pub(super) requests: Mutex<Vec<Value>>,
+    /// Streams whose client went away before the end.
+    pub(super) cancelled_streams: AtomicUsize,
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A successful answer, before it is written.
+#[derive(Default)]
+struct Answer {
+    /// `None`: echo the last user message.
+    reply: Option<String>,
+    pace: Duration,
+    break_after: Option<usize>,
+}
+
+pub(super) async fn chat_completions(
+    State(script): State<Arc<Script>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("Bearer ") && value.len() > 7);
+    if !authorized {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing api key",
+            "invalid_request_error",
+            "invalid_api_key",
+        );
+    }
+    lock(&script.requests).push(body.clone());
+    let behaviour = lock(&script.queue)
+        .pop_front()
+        .or_else(|| lock(&script.fallback).clone())
+        .unwrap_or(Upstream::Echo);
+    match play(behaviour).await {
+        Ok(answer) => respond(script, &body, answer),
+        Err(refusal) => refusal,
+    }
+}
+
+/// What a behaviour answers: the shape of a successful answer, or the error response.
+async fn play(behaviour: Upstream) -> Result<Answer, Response> {
+    match behaviour {
+        Upstream::Echo => Ok(Answer::default()),
+        Upstream::Reply(text) => Ok(Answer {
+            reply: Some(text),
+            ..Answer::default()
+        }),
+        Upstream::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            Ok(Answer::default())
+        }
+        Upstream::Streamed { text, chunk_delay } => Ok(Answer {
+            reply: Some(text),
+            pace: chunk_delay,
+            break_after: None,
+        }),
+        Upstream::BrokenStream { text, after_chunks } => Ok(Answer {
+            reply: Some(text),
+            pace: Duration::ZERO,
+            break_after: Some(after_chunks),
+        }),
+        Upstream::RateLimited => Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Rate limit reached for requests",
+            "requests",
+            "rate_limit_exceeded",
+        )),
+        Upstream::InsufficientQuota => Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            "insufficient_quota",
+        )),
+        Upstream::ServerError => {
+            Err((StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded").into_response())
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    (status, Json(body)).into_response()
+}
+
+/// The answer as JSON or as a stream, as the request asked, with the usage counted
+/// by the real tokenizer.
+fn respond(script: Arc<Script>, body: &Value, answer: Answer) -> Response {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let content = |message: &Value| message["content"].as_str().unwrap_or_default().to_owned();
+    let reply = answer.reply.unwrap_or_else(|| {
+        let last_user = messages
+            .iter()
+            .rev()
+            .find(|message| message["role"] == "user");
+        format!("echo: {}", last_user.map(content).unwrap_or_default())
+    });
+    let contents: Vec<String> = messages.iter().map(content).collect();
+    let prompt_tokens = tokens::count_prompt(contents.iter().map(String::as_str));
+    let usage = wire::usage(prompt_tokens, tokens::count(&reply));
+    let model = body["model"].as_str().unwrap_or("fake-model");
+    if body["stream"] != true {
+        return Json(wire::completion(ID, model, &reply, &usage)).into_response();
+    }
+    let include_usage = body["stream_options"]["include_usage"] == true;
+    let plan = StreamPlan {
+        events: wire::stream_events(ID, model, &reply, include_usage.then_some(&usage)),
+        pace: answer.pace,
+        cut_at: answer.break_after.map(|chunks| chunks + 1),
+    };
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(plan.into_stream(script)),
+    )
+        .into_response()
+}
+
+const ID: &str = "chatcmpl-fake";
