@@ -55,6 +55,9 @@ pub enum ApiError {
     /// Too many failed logins for the account or the address.
     #[error("rate_limited")]
     LoginThrottled(Duration),
+    /// This gateway is serving `MAX_CONCURRENT_REQUESTS` already.
+    #[error("overloaded")]
+    Overloaded,
     /// A service failed or did not answer in time.
     #[error("{service} failed")]
     Dependency {
@@ -99,6 +102,7 @@ impl ApiError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::UnsupportedMediaType => return StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Overloaded => ErrorCode::Unavailable,
             Self::LoginThrottled(_) => ErrorCode::RateLimited,
             Self::BadJson(_)
             | Self::InvalidUserId(_)
@@ -134,6 +138,7 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 "send the body as JSON with content-type: application/json".to_owned()
             }
+            Self::Overloaded => "the gateway is at its limit of requests at once; retry".to_owned(),
             Self::LoginThrottled(wait) => format!(
                 "too many failed logins; try again in {} s",
                 retry_after_secs(*wait)
@@ -172,6 +177,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::AlreadyExists(_) => "already_exists",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Overloaded => "overloaded",
             Self::LoginThrottled(_) => "login_throttled",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Blocked(_) => "blocked",
@@ -208,6 +214,7 @@ impl ApiError {
         match self {
             Self::RateLimited(wait) | Self::LoginThrottled(wait) => Some(retry_after_secs(*wait)),
             Self::QuotaExceeded(quota) => Some(quota.reset_after_seconds.max(1) as u64),
+            Self::Overloaded => Some(1),
             _ => None,
         }
     }
@@ -265,6 +272,7 @@ mod tests {
             (ApiError::NotFound(String::new()), 404),
             (ApiError::AlreadyExists(String::new()), 409),
             (ApiError::UnsupportedMediaType, 415),
+            (ApiError::Overloaded, 503),
             (ApiError::from_accounts(Status::unauthenticated("x")), 401),
             (
                 ApiError::from_accounts(Status::resource_exhausted("x")),

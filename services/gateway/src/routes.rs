@@ -4,18 +4,20 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::auth::{AdminKey, Authenticator};
 use crate::chat::Policy;
 use crate::guard::Origins;
 use crate::login::CookieSecure;
 use crate::rate_limit::Limiter;
-use crate::{Backends, Settings, admin, api, login};
+use crate::{ApiError, Backends, Settings, admin, api, login};
 
 /// The browser UI, compiled into the binary so an image needs no extra files.
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
@@ -77,6 +79,17 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
         ))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(
+            // One count for the whole router (not per route); past it, 503 at once.
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::Overloaded
+                }))
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    settings.max_concurrent_requests.max(1),
+                )),
+        )
         .layer(axum::middleware::from_fn(crate::guard::security_headers))
         .layer(axum::middleware::from_fn(crate::observe::observe))
         .with_state(state)

@@ -30,6 +30,9 @@ pub struct Settings {
     /// Requests that may arrive at once before the per-minute pace applies
     /// (`RATE_LIMIT_BURST`; 0 means equal to the per-minute rate).
     pub rate_limit_burst: u32,
+    /// Requests this process serves at once; beyond, a request is answered 503 at once
+    /// rather than queued into timeouts (`MAX_CONCURRENT_REQUESTS`).
+    pub max_concurrent_requests: usize,
     /// Largest request body accepted, in bytes (`MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
     /// Earlier messages of the conversation offered to the model (`CONTEXT_MESSAGES`).
@@ -87,6 +90,7 @@ impl Default for Settings {
             accounts_timeout_ms: 3000,
             rate_limit_per_minute: 3,
             rate_limit_burst: 0,
+            max_concurrent_requests: 1024,
             max_body_bytes: 64 * 1024,
             context_messages: 20,
             context_tokens: 3000,

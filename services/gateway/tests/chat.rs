@@ -476,3 +476,39 @@ async fn a_client_that_hangs_up_mid_chat_still_gets_charged_and_saved() -> anyho
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn past_the_concurrency_cap_a_request_is_shed_at_once_with_503() -> anyhow::Result<()> {
+    let stack = Stack::start_with(|config| config.gateway.max_concurrent_requests = 1).await?;
+    stack
+        .provider
+        .always(Upstream::Slow(Duration::from_millis(1500)));
+    let slow = stack.chat("u1", "hold the only slot");
+    let refused = async {
+        // Let the first request take the slot.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let response = stack
+            .http
+            .get(stack.url("/quota?user_id=u2"))
+            .send()
+            .await?;
+        anyhow::Ok((started.elapsed(), response))
+    };
+    let (slow, refused) = tokio::join!(slow, refused);
+    let (elapsed, refused) = refused?;
+    assert_eq!(slow?.0, StatusCode::OK, "the request in the slot finishes");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        elapsed < Duration::from_millis(1000),
+        "shed at once, not queued: {elapsed:?}"
+    );
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert_eq!(refused.json::<Value>().await?["code"], "overloaded");
+    let (status, _) = stack.chat("u1", "the slot is free again").await?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
