@@ -25,10 +25,10 @@ mod metrics;
 mod observe;
 mod rate_limit;
 mod routes;
+mod server;
 mod settings;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,16 +67,7 @@ pub async fn run(
     spawn_limiter_upkeep(&state);
     let app = routes::router(&settings, state);
     tracing::info!(local = %listener.local_addr()?, auth_mode = ?settings.auth_mode, "gateway listening");
-    // Replies and stream events are small writes: send them without Nagle's delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    server::serve(listener, app, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }

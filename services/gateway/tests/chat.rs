@@ -512,3 +512,23 @@ async fn past_the_concurrency_cap_a_request_is_shed_at_once_with_503() -> anyhow
     assert_eq!(status, StatusCode::OK);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_that_trickles_its_headers_is_cut_off() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start().await?;
+    let addr = stack.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await?;
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    // Never finishes its headers: the server closes the connection after its timeout.
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the connection is still open after 20 s");
+    // Meanwhile everyone else is served.
+    assert_eq!(
+        stack.http.get(stack.url("/health")).send().await?.status(),
+        StatusCode::OK
+    );
+    Ok(())
+}
