@@ -4,23 +4,38 @@
 //! Every case runs in several short rounds, interleaved, so that the machine's drift
 //! (other load, thermal, caches) hits every case alike. The provider is a local server
 //! with zero added latency, so what is measured is the stack's own cost.
+//!
+//! Authentication is on, as deployed: every simulated client is a user of its own with an
+//! API key made through the admin API. One more gateway, behind the same services, runs
+//! in trust mode (`AUTH_MODE=none`); the same chat at one client through it, next to the
+//! one with a key, is what authentication costs.
 
 pub mod load;
 pub mod report;
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_testing::stack::{Backing, Processes, Stack};
 use chat_testing::{FakeOpenAi, FixedReply};
-use load::Target;
+use futures::{StreamExt as _, TryStreamExt as _};
+use load::{Callers, Target};
 pub use report::{CaseResult, Results};
 
 /// The model the stack asks for, and the provider's one answer.
 pub const MODEL: &str = "bench-model";
 const REPLY: &str =
     "Benchmarks measure what the gateway adds on top of the provider, nothing more.";
+
+/// The one-client chat through the trust-mode gateway, the baseline of authentication's
+/// cost.
+pub const TRUST_CASE: &str = "chat c=1 AUTH_MODE=none";
+
+/// Tokens each bench user may spend per day: far more than any run spends.
+const DAILY_LIMIT: i64 = 1_000_000_000_000;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -57,6 +72,7 @@ impl Options {
 struct Case {
     name: String,
     target: Target,
+    callers: Callers,
     concurrency: usize,
     gateways: usize,
     /// Streams at concurrency 1 read the provider's marks.
@@ -67,8 +83,13 @@ struct Case {
 }
 
 /// Every service as its own process from `options.bin_dir`, as deployed, with as many
-/// gateways as the largest scale-out case.
-async fn start_stack(options: &Options, provider_url: &str) -> anyhow::Result<Stack> {
+/// gateways as the largest scale-out case, all with `AUTH_MODE=required`, and one more
+/// in trust mode, last.
+async fn start_stack(
+    options: &Options,
+    provider_url: &str,
+    admin_key: &str,
+) -> anyhow::Result<Stack> {
     let backing = Backing {
         redis_addr: options.redis_addr.clone(),
         redis_prefix: format!("bench:{}:", std::process::id()),
@@ -76,20 +97,102 @@ async fn start_stack(options: &Options, provider_url: &str) -> anyhow::Result<St
         provider_url: provider_url.to_owned(),
         model: MODEL.to_owned(),
     };
+    let daily_limit = DAILY_LIMIT.to_string();
     let env = [
-        ("DAILY_LIMIT", "1000000000000"),
+        // Trust mode's users have no limit of their own; this one keeps them in quota.
+        ("DAILY_LIMIT", daily_limit.as_str()),
         // The limiter runs on every request but never refuses one.
         ("RATE_LIMIT_PER_MINUTE", "1000000000"),
     ];
+    let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect()
+    };
+    let authenticated = authenticated_gateways(options);
+    let mut gateway_env =
+        vec![owned(&[("AUTH_MODE", "required"), ("ADMIN_API_KEY", admin_key)]); authenticated];
+    gateway_env.push(owned(&[("AUTH_MODE", "none")]));
     let processes = Processes {
         bin_dir: options.bin_dir.clone(),
-        gateways: options.gateways.iter().copied().max().unwrap_or(1),
-        env: env
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .collect(),
+        gateways: authenticated + 1,
+        env: owned(&env),
     };
-    Stack::processes(&backing, &processes).await
+    Stack::processes_with_gateway_env(&backing, &processes, &gateway_env).await
+}
+
+/// The gateways with authentication on: as many as the largest scale-out case.
+fn authenticated_gateways(options: &Options) -> usize {
+    options.gateways.iter().copied().max().unwrap_or(1).max(1)
+}
+
+/// A fresh secret for the admin API of this run only.
+fn random_admin_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// One user per simulated client, each with a daily limit no run reaches and an API key,
+/// made through the admin API of `gateway`: each client's user id and key, in client
+/// order.
+async fn make_users(
+    client: &reqwest::Client,
+    gateway: &str,
+    admin_key: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let run = std::process::id();
+    futures::stream::iter(0..count)
+        .map(|index| async move {
+            let user_id = format!("bench-{run}-{index}");
+            let created = client
+                .post(format!("{gateway}/admin/users"))
+                .bearer_auth(admin_key)
+                .json(&serde_json::json!({
+                    "user_id": user_id,
+                    "daily_limit": DAILY_LIMIT,
+                }))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                created.status() == reqwest::StatusCode::CREATED,
+                "POST /admin/users: {}",
+                created.status()
+            );
+            let key = client
+                .post(format!("{gateway}/admin/users/{user_id}/keys"))
+                .bearer_auth(admin_key)
+                .json(&serde_json::json!({"name": "bench"}))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                key.status() == reqwest::StatusCode::CREATED,
+                "POST /admin/users/{user_id}/keys: {}",
+                key.status()
+            );
+            let body: serde_json::Value = key.json().await?;
+            let key = body["key"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("POST /admin/users/{user_id}/keys: no key"))?;
+            Ok((user_id, key))
+        })
+        .buffered(8)
+        .try_collect()
+        .await
+}
+
+/// The most clients any case or the warm-up runs at once.
+fn most_clients(options: &Options) -> usize {
+    options
+        .concurrency
+        .iter()
+        .copied()
+        .chain([options.scale_concurrency, WARM_UP_CLIENTS, 1])
+        .max()
+        .unwrap_or(1)
 }
 
 pub async fn run(options: &Options) -> anyhow::Result<Results> {
@@ -100,20 +203,50 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
         completion_tokens: 13,
     })
     .await?;
-    let stack = start_stack(options, &upstream.base_url).await?;
+    let admin_key = random_admin_key()?;
+    let stack = start_stack(options, &upstream.base_url, &admin_key).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
         .build()?;
-    let mut cases = cases(options, &upstream.base_url, &stack.gateways);
-    warm_up(options, &client, &stack).await;
+    let (users, keys): (Vec<String>, Vec<String>) =
+        make_users(&client, stack.gateway(), &admin_key, most_clients(options))
+            .await?
+            .into_iter()
+            .unzip();
+    let (authenticated, trust) = stack
+        .gateways
+        .split_at(authenticated_gateways(options).min(stack.gateways.len()));
+    // In trust mode each client names the same user its key stands for, so that the
+    // credential is all that differs.
+    let (keys, users) = (
+        Callers::Keys(Arc::new(keys)),
+        Callers::Named(Arc::new(users)),
+    );
+    let mut cases = cases(
+        options,
+        &upstream.base_url,
+        authenticated,
+        trust,
+        &keys,
+        &users,
+    );
+    warm_up(options, &client, authenticated, trust, &keys, &users).await;
 
     let slice = Duration::from_secs_f64(options.seconds_per_case / options.rounds.max(1) as f64);
     for _round in 0..options.rounds.max(1) {
         for case in &mut cases {
             let marks = case.marks.then(|| upstream.marks());
             let before = stack.cpu_seconds();
-            let sample = load::run(&client, &case.target, case.concurrency, slice, marks).await;
+            let sample = load::run(
+                &client,
+                &case.target,
+                &case.callers,
+                case.concurrency,
+                slice,
+                marks,
+            )
+            .await;
             for (process, after) in stack.cpu_seconds() {
                 *case.cpu.entry(process.clone()).or_default() +=
                     after - before.get(&process).copied().unwrap_or(0.0);
@@ -138,36 +271,72 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
     Ok(Results::new(results, stack.peak_rss_mib(), options))
 }
 
-/// The cases, in the order they run and are reported: the bare provider, one gateway,
-/// then the scale-out over `gateways`.
-fn cases(options: &Options, upstream: &str, gateways: &[String]) -> Vec<Case> {
+/// The cases, in the order they run and are reported: the bare provider, one gateway
+/// (and the one chat in trust mode beside it), then the scale-out over `gateways`.
+/// Every case but the trust one sends `keys`; that one names `users`.
+fn cases(
+    options: &Options,
+    upstream: &str,
+    gateways: &[String],
+    trust: &[String],
+    keys: &Callers,
+    users: &Callers,
+) -> Vec<Case> {
     let one = gateways[..1].to_vec();
     let mut cases = Vec::new();
-    let mut add =
-        |name: String, target: Target, concurrency: usize, gateways: usize, marks: bool| {
-            cases.push(Case {
-                name,
-                target,
-                concurrency,
-                gateways,
-                marks,
-                sample: load::Sample::default(),
-                cpu: BTreeMap::new(),
-            });
-        };
+    let mut add = |name: String,
+                   target: Target,
+                   concurrency: usize,
+                   gateways: usize,
+                   marks: bool,
+                   callers: &Callers| {
+        cases.push(Case {
+            name,
+            target,
+            callers: callers.clone(),
+            concurrency,
+            gateways,
+            marks,
+            sample: load::Sample::default(),
+            cpu: BTreeMap::new(),
+        });
+    };
     let bare = || Target::Upstream(upstream.to_owned());
-    add("upstream c=1".into(), bare(), 1, 0, false);
-    add("chat c=1".into(), Target::Chat(one.clone()), 1, 1, false);
-    add("stream c=1".into(), Target::Stream(one.clone()), 1, 1, true);
+    add("upstream c=1".into(), bare(), 1, 0, false, keys);
+    add(
+        "chat c=1".into(),
+        Target::Chat(one.clone()),
+        1,
+        1,
+        false,
+        keys,
+    );
+    add(
+        TRUST_CASE.into(),
+        Target::Chat(trust.to_vec()),
+        1,
+        1,
+        false,
+        users,
+    );
+    add(
+        "stream c=1".into(),
+        Target::Stream(one.clone()),
+        1,
+        1,
+        true,
+        keys,
+    );
     for &concurrency in &options.concurrency {
         let name = |target: &str| format!("{target} c={concurrency}");
-        add(name("upstream"), bare(), concurrency, 0, false);
+        add(name("upstream"), bare(), concurrency, 0, false, keys);
         add(
             name("chat"),
             Target::Chat(one.clone()),
             concurrency,
             1,
             false,
+            keys,
         );
         add(
             name("stream"),
@@ -175,6 +344,7 @@ fn cases(options: &Options, upstream: &str, gateways: &[String]) -> Vec<Case> {
             concurrency,
             1,
             false,
+            keys,
         );
     }
     for &count in &options.gateways {
@@ -185,17 +355,30 @@ fn cases(options: &Options, upstream: &str, gateways: &[String]) -> Vec<Case> {
             concurrency,
             count,
             false,
+            keys,
         );
     }
     cases
 }
 
-/// Warms up connections, caches and the lazy parts (tokenizer, pools) before anything
-/// is measured.
-async fn warm_up(options: &Options, client: &reqwest::Client, stack: &Stack) {
+/// Clients of the warm-up's chats.
+const WARM_UP_CLIENTS: usize = 8;
+
+/// Warms up connections, caches (the gateways' credential cache too) and the lazy parts
+/// (tokenizer, pools) before anything is measured.
+async fn warm_up(
+    options: &Options,
+    client: &reqwest::Client,
+    gateways: &[String],
+    trust: &[String],
+    keys: &Callers,
+    users: &Callers,
+) {
     let warm = Duration::from_secs_f64(options.seconds_per_case.min(2.0));
-    let all = Target::Chat(stack.gateways.clone());
-    load::run(client, &all, 8, warm, None).await;
-    let one = Target::Stream(vec![stack.gateway().to_owned()]);
-    load::run(client, &one, 4, warm / 2, None).await;
+    let all = Target::Chat(gateways.to_vec());
+    load::run(client, &all, keys, WARM_UP_CLIENTS, warm, None).await;
+    let trust = Target::Chat(trust.to_vec());
+    load::run(client, &trust, users, 1, warm / 2, None).await;
+    let one = Target::Stream(gateways[..1].to_vec());
+    load::run(client, &one, keys, 4, warm / 2, None).await;
 }

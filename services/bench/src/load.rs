@@ -31,6 +31,16 @@ impl Target {
     }
 }
 
+/// Who the simulated clients are to the gateway.
+#[derive(Clone)]
+pub enum Callers {
+    /// `AUTH_MODE=required`: client `i` sends `keys[i % keys.len()]` as its bearer key
+    /// and acts as that key's user.
+    Keys(Arc<Vec<String>>),
+    /// `AUTH_MODE=none`: client `i` names `users[i % users.len()]` in the body.
+    Named(Arc<Vec<String>>),
+}
+
 /// The requests of one run.
 #[derive(Debug, Default)]
 pub struct Sample {
@@ -60,11 +70,11 @@ impl Sample {
 
 const TEXT: &str = "hello from the benchmark";
 
-/// Runs `concurrency` clients against `target` for `duration`. Users rotate over many
-/// ids so the quota and history paths see realistic keys.
+/// Runs `concurrency` clients against `target` for `duration`, as `callers`.
 pub async fn run(
     client: &reqwest::Client,
     target: &Target,
+    callers: &Callers,
     concurrency: usize,
     duration: Duration,
     marks: Option<Arc<Marks>>,
@@ -73,13 +83,14 @@ pub async fn run(
     let deadline = started + duration;
     let workers = (0..concurrency).map(|worker| {
         let (client, target, marks) = (client.clone(), target.clone(), marks.clone());
+        let caller = match callers {
+            Callers::Keys(keys) => Caller::Key(nth(keys, worker)),
+            Callers::Named(users) => Caller::Named(nth(users, worker)),
+        };
         tokio::spawn(async move {
             let mut sample = Sample::default();
-            let mut sequence = 0usize;
             while Instant::now() < deadline {
-                sequence += 1;
-                let user = format!("bench-{worker}-{}", sequence % 64);
-                match one(&client, &target, worker, &user, marks.as_deref()).await {
+                match one(&client, &target, worker, &caller, marks.as_deref()).await {
                     Ok((latency, lags)) => {
                         sample.latencies_us.push(latency.as_micros() as u64);
                         if let Some((first, done)) = lags {
@@ -110,11 +121,34 @@ pub async fn run(
 
 type Lags = Option<(Duration, Duration)>;
 
+/// The `worker`th of `values`, round the list; empty if there is none.
+fn nth(values: &[String], worker: usize) -> String {
+    values
+        .get(worker % values.len().max(1))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One client's credential: a bearer key, or a user id in the body.
+enum Caller {
+    Key(String),
+    Named(String),
+}
+
+impl Caller {
+    fn body(&self) -> serde_json::Value {
+        match self {
+            Self::Key(_) => serde_json::json!({"text": TEXT}),
+            Self::Named(user) => serde_json::json!({"user_id": user, "text": TEXT}),
+        }
+    }
+}
+
 async fn one(
     client: &reqwest::Client,
     target: &Target,
     worker: usize,
-    user: &str,
+    caller: &Caller,
     marks: Option<&Marks>,
 ) -> anyhow::Result<(Duration, Lags)> {
     let started = Instant::now();
@@ -129,14 +163,18 @@ async fn one(
         ),
         Target::Chat(gateways) => (
             format!("{}/chat", gateways[worker % gateways.len()]),
-            serde_json::json!({"user_id": user, "text": TEXT}),
+            caller.body(),
         ),
         Target::Stream(gateways) => (
             format!("{}/chat/stream", gateways[worker % gateways.len()]),
-            serde_json::json!({"user_id": user, "text": TEXT}),
+            caller.body(),
         ),
     };
-    let response = client.post(url).json(&body).send().await?;
+    let mut request = client.post(url).json(&body);
+    if let (Caller::Key(key), Target::Chat(_) | Target::Stream(_)) = (caller, target) {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await?;
     anyhow::ensure!(
         response.status().is_success(),
         "status {}",

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::Options;
 use crate::load::Sample;
+use crate::{Options, TRUST_CASE};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseResult {
@@ -92,6 +92,9 @@ pub struct Results {
     pub cases: Vec<CaseResult>,
     /// Median latency through the stack minus the provider's, at concurrency 1.
     pub overhead_p50_ms: BTreeMap<String, f64>,
+    /// Median `/chat` latency at concurrency 1 with an API key minus the same through
+    /// the gateway in trust mode (`AUTH_MODE=none`): what authentication adds.
+    pub auth_overhead_p50_ms: Option<f64>,
     pub peak_rss_mib: BTreeMap<String, f64>,
 }
 
@@ -115,6 +118,9 @@ impl Results {
                 }
             }
         }
+        let auth_overhead_p50_ms = p50("chat c=1")
+            .zip(p50(TRUST_CASE))
+            .map(|(with_key, trusting)| with_key - trusting);
         Self {
             commit: commit(),
             cores: std::thread::available_parallelism().map_or(0, usize::from),
@@ -122,6 +128,7 @@ impl Results {
             rounds: options.rounds,
             cases,
             overhead_p50_ms,
+            auth_overhead_p50_ms,
             peak_rss_mib,
         }
     }
@@ -175,6 +182,12 @@ impl Results {
         }
         for (target, overhead) in &self.overhead_p50_ms {
             let _ = writeln!(out, "overhead at c=1 ({target}, p50): {overhead:.3} ms");
+        }
+        if let Some(added) = self.auth_overhead_p50_ms {
+            let _ = writeln!(
+                out,
+                "authentication added {added:.3} ms at p50 (chat c=1 with a key vs {TRUST_CASE}; budget 0.1 ms)"
+            );
         }
         if let Some(case) = self.cases.iter().find(|case| case.name == "chat c=32") {
             let _ = writeln!(out, "cpu seconds per 1000 chats at c=32, by process:");

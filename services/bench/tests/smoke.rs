@@ -35,6 +35,7 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
         [
             "upstream c=1",
             "chat c=1",
+            "chat c=1 AUTH_MODE=none",
             "stream c=1",
             "upstream c=4",
             "chat c=4",
@@ -54,12 +55,13 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
             );
         }
     }
-    let stream = &results.cases[2];
+    let stream = &results.cases[3];
     assert!(stream.first_delta_lag_p50_ms.is_some() && stream.done_lag_p50_ms.is_some());
     assert!(
         results.overhead_p50_ms.contains_key("chat")
             && results.overhead_p50_ms.contains_key("stream")
     );
+    // gateway-3 is the trust-mode one.
     for process in [
         "filter",
         "token",
@@ -67,6 +69,7 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
         "history",
         "gateway-1",
         "gateway-2",
+        "gateway-3",
     ] {
         assert!(
             results
@@ -79,8 +82,10 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
     assert!(results.cores > 0);
 
     let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&results)?)?;
-    assert_eq!(json["cases"].as_array().map(Vec::len), Some(8));
+    assert_eq!(json["cases"].as_array().map(Vec::len), Some(9));
     assert!(results.svg().starts_with("<svg") && results.svg().contains("chat c=4"));
     assert!(results.table().contains("overhead at c=1 (chat, p50)"));
+    assert!(results.auth_overhead_p50_ms.is_some());
+    assert!(results.table().contains("authentication added"));
     Ok(())
 }

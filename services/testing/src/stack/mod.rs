@@ -10,9 +10,9 @@
 //!   benchmark (release binaries).
 //!
 //! In both modes the gateway trusts the user id a request names (`AUTH_MODE=none`), as
-//! the original did and as the chat tests and the benchmark expect; a caller that tests
-//! authentication turns it on (`settings.gateway.auth_mode`, or `AUTH_MODE` in
-//! [`Processes::env`]).
+//! the original did and as the chat and telemetry tests expect; a caller that tests
+//! authentication turns it on (`settings.gateway.auth_mode`, or per gateway in
+//! processes mode, as the benchmark does with a key per simulated user).
 
 #[cfg(feature = "in-process")]
 mod in_process;

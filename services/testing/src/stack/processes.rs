@@ -45,6 +45,17 @@ impl Stack {
     /// Starts the services, then `options.gateways` gateways, and waits until every
     /// process says it is healthy. The processes are killed when the stack is dropped.
     pub async fn processes(backing: &Backing, options: &Processes) -> anyhow::Result<Self> {
+        Self::processes_with_gateway_env(backing, options, &[]).await
+    }
+
+    /// As [`Stack::processes`], with `gateway_env[i]` added over [`Processes::env`] for
+    /// gateway `i + 1` only: gateways that differ in one setting (the benchmark's
+    /// `AUTH_MODE`) behind the same services, so comparing them measures that setting.
+    pub async fn processes_with_gateway_env(
+        backing: &Backing,
+        options: &Processes,
+        gateway_env: &[Vec<(String, String)>],
+    ) -> anyhow::Result<Self> {
         let mut ports = BTreeMap::new();
         for service in BACKENDS {
             ports.insert(service, free_port()?);
@@ -65,12 +76,13 @@ impl Stack {
             metrics: Vec::new(),
         };
         for service in BACKENDS {
-            launch.spawn(service.to_owned(), service, ports[service])?;
+            launch.spawn(service.to_owned(), service, ports[service], &[])?;
         }
         let mut gateways = Vec::new();
         for index in 1..=options.gateways {
             let port = free_port()?;
-            launch.spawn(format!("gateway-{index}"), "gateway", port)?;
+            let own_env = gateway_env.get(index - 1).map_or(&[][..], Vec::as_slice);
+            launch.spawn(format!("gateway-{index}"), "gateway", port, own_env)?;
             gateways.push(format!("http://127.0.0.1:{port}"));
         }
         let mut stack = Self {
@@ -128,7 +140,13 @@ struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    fn spawn(&mut self, name: String, service: &str, port: u16) -> anyhow::Result<()> {
+    fn spawn(
+        &mut self,
+        name: String,
+        service: &str,
+        port: u16,
+        own_env: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let upper = service.to_uppercase();
         let metrics_port = free_port()?;
         let backing = self.backing;
@@ -149,6 +167,7 @@ impl Launch<'_> {
             .env("AUTH_MODE", "none")
             .envs(self.wiring.iter().cloned())
             .envs(self.options.env.iter().cloned())
+            .envs(own_env.iter().cloned())
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
