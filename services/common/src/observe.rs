@@ -81,8 +81,7 @@ pub struct Deadline(pub Duration);
 impl Deadline {
     /// A unary request: the deadline is enforced here and sent to the server.
     pub fn unary<M>(self, message: M) -> Request<M> {
-        let mut request = Request::new(message);
-        request.set_timeout(self.0);
+        let mut request = crate::grpc::request(message, self.0);
         request.extensions_mut().insert(self);
         request
     }

@@ -93,13 +93,7 @@ async fn a_sent_message_shows_the_reply_streamed_in() -> anyhow::Result<()> {
             "messages: {:?}",
             browser.messages().await?
         );
-        let asked = stack.provider.requests();
-        anyhow::ensure!(
-            asked
-                .last()
-                .is_some_and(|request| request["stream"] == true),
-            "the provider was asked for a stream: {asked:?}"
-        );
+        stack.ensure_the_provider_streamed()?;
         let usage = browser
             .js("return [...document.querySelectorAll('#messages .usage')].map((u) => u.innerText)")
             .await?;

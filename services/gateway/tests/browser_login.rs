@@ -256,13 +256,7 @@ async fn a_user_logs_in_chats_reloads_and_logs_out() -> anyhow::Result<()> {
             "the streamed reply: {:?}",
             browser.messages().await?
         );
-        let asked = stack.provider.requests();
-        anyhow::ensure!(
-            asked
-                .last()
-                .is_some_and(|request| request["stream"] == true),
-            "the provider was asked for a stream: {asked:?}"
-        );
+        stack.ensure_the_provider_streamed()?;
         let error = browser
             .js("const e = document.getElementById('error'); return e.hidden ? null : e.innerText")
             .await?;

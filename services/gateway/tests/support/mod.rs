@@ -55,6 +55,18 @@ impl Stack {
         })
     }
 
+    /// The provider's last request asked for a stream.
+    pub fn ensure_the_provider_streamed(&self) -> anyhow::Result<()> {
+        let asked = self.provider.requests();
+        anyhow::ensure!(
+            asked
+                .last()
+                .is_some_and(|request| request["stream"] == true),
+            "the provider was asked for a stream: {asked:?}"
+        );
+        Ok(())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
