@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 
 .PHONY: help test bench deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
-	images standins up down logs e2e
+	images standins up down logs e2e k8s
 
 help: ## list the verbs
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,7 +50,10 @@ lint: ## formatting and clippy, as CI runs them
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-check: lint test ## what CI runs
+k8s: ## check the Kubernetes manifests offline: render, schemas, yamllint, review (deploy/k8s)
+	deploy/k8s/check.sh
+
+check: lint k8s test ## what CI runs
 
 # --- containers (compose.yaml, docker/, deploy/docker/) ---------------------------------
 # The v2 plugin where there is one, else Debian's docker-compose.
