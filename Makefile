@@ -2,19 +2,31 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help test bench deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
+.PHONY: help test python-venv bench deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
 	images standins up down logs e2e k8s
 
 help: ## list the verbs
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-test: deps ## run every test (starts a local Redis and MariaDB first)
+test: deps python-venv ## run every test (starts a local Redis and MariaDB first)
 	cargo build --workspace --bins
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
+
+# The real OpenAI clients (openai, langchain-openai, pytest) that
+# services/gateway/tests/python_clients.rs runs against the stack, pinned.
+PYTHON_VENV := target/python-venv
+PYTHON_REQUIREMENTS := services/gateway/tests/python/requirements.txt
+
+python-venv: $(PYTHON_VENV)/.installed ## the Python environment of the /v1 client tests (target/python-venv)
+
+$(PYTHON_VENV)/.installed: $(PYTHON_REQUIREMENTS)
+	python3 -m venv $(PYTHON_VENV)
+	$(PYTHON_VENV)/bin/pip install --quiet --disable-pip-version-check -r $(PYTHON_REQUIREMENTS)
+	touch $@
 
 deps: ## start a local Redis and MariaDB for tests and dev (data in .dev/)
 	deploy/dev/deps.sh up

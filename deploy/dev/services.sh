@@ -11,7 +11,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 state="$root/.dev"
-services=(filter token llm history gateway)
+services=(filter token llm history keyword gateway)
 profile=${DEV_PROFILE:-debug}
 
 cd "$root"
@@ -24,11 +24,13 @@ export FILTER_LISTEN=${FILTER_LISTEN:-127.0.0.1:50052}
 export TOKEN_LISTEN=${TOKEN_LISTEN:-127.0.0.1:50051}
 export LLM_LISTEN=${LLM_LISTEN:-127.0.0.1:50055}
 export HISTORY_LISTEN=${HISTORY_LISTEN:-127.0.0.1:50054}
+export KEYWORD_LISTEN=${KEYWORD_LISTEN:-127.0.0.1:50053}
 export GATEWAY_METRICS_LISTEN=${GATEWAY_METRICS_LISTEN:-127.0.0.1:9080}
 export FILTER_METRICS_LISTEN=${FILTER_METRICS_LISTEN:-127.0.0.1:9052}
 export TOKEN_METRICS_LISTEN=${TOKEN_METRICS_LISTEN:-127.0.0.1:9051}
 export LLM_METRICS_LISTEN=${LLM_METRICS_LISTEN:-127.0.0.1:9055}
 export HISTORY_METRICS_LISTEN=${HISTORY_METRICS_LISTEN:-127.0.0.1:9054}
+export KEYWORD_METRICS_LISTEN=${KEYWORD_METRICS_LISTEN:-127.0.0.1:9053}
 
 pid_of() { cat "$state/$1.pid" 2>/dev/null || true; }
 running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }

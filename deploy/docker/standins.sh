@@ -9,11 +9,12 @@
 #   mariadb  MYSQL_IMAGE       Debian's mariadb-server, with an entrypoint that honours the
 #                              official image's MYSQL_* variables and init scripts
 #   prometheus PROMETHEUS_IMAGE  Debian's prometheus
+#   nginx    PROXY_IMAGE       Debian's nginx-light, the proxy in front of the gateways
 #
 # Jaeger and Grafana have no Debian package and so no stand-in: they are left out of the
 # air-gapped stack, which `make up` and `make e2e` start without them.
 #
-# usage: deploy/docker/standins.sh [--force] [debian|rust|redis|mariadb|prometheus]...
+# usage: deploy/docker/standins.sh [--force] [debian|rust|redis|mariadb|prometheus|nginx]...
 # With no names, every stand-in. An image that already exists is kept unless --force.
 # Needs: docker, debootstrap (apt-get install docker.io debootstrap), a Rust toolchain.
 # DEBIAN_MIRROR (default http://deb.debian.org/debian) is used by debootstrap and in the base.
@@ -26,11 +27,11 @@ wanted=()
 for arg in "$@"; do
   case $arg in
     --force) force=1 ;;
-    debian | rust | redis | mariadb | prometheus) wanted+=("$arg") ;;
+    debian | rust | redis | mariadb | prometheus | nginx) wanted+=("$arg") ;;
     *) echo "standins: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done
-[ ${#wanted[@]} -gt 0 ] || wanted=(debian rust redis mariadb prometheus)
+[ ${#wanted[@]} -gt 0 ] || wanted=(debian rust redis mariadb prometheus nginx)
 
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 here=deploy/docker/standins
@@ -123,6 +124,7 @@ for name in "${wanted[@]}"; do
     redis) tag=$REDIS_IMAGE ;;
     mariadb) tag=$MYSQL_IMAGE ;;
     prometheus) tag=$PROMETHEUS_IMAGE ;;
+    nginx) tag=$PROXY_IMAGE ;;
   esac
   if [ $force = 0 ] && exists "$tag"; then
     say "$tag exists, kept"

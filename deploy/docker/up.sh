@@ -29,7 +29,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "up: no image for ${missing[*]} (no registry reachable?): starting without them"
 fi
-$COMPOSE up -d --no-build "${services[@]}"
+# GATEWAY_REPLICAS=N: that many gateways behind the proxy.
+$COMPOSE up -d --no-build --scale "gateway=${GATEWAY_REPLICAS:-1}" "${services[@]}"
 deadline=$((SECONDS + timeout))
 while :; do
   states=$($COMPOSE ps -a -q | xargs -r docker inspect -f \

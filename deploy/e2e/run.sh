@@ -5,9 +5,11 @@
 # when a check fails or the run is interrupted.
 #
 # Checks: a chat answers 200 with a reply; the history then holds its 2 messages; a blocked
-# text answers 400 "text blocked by filter" and is not stored; a user who keeps chatting
+# text answers 400 "text blocked by filter" and is not stored; /search finds the chat; a user who keeps chatting
 # gets 429 "quota_exceeded"; Prometheus has every service (one per docker/*.Dockerfile) as
-# a scrape target and has scraped each (E2E_REQUIRE_METRICS=1: and each is up).
+# a scrape target and has scraped each (E2E_REQUIRE_METRICS=1: and each is up); with
+# E2E_GATEWAYS (3) gateway replicas behind the proxy, a user limited to N chats a minute
+# gets N, not 3N, and every replica answered some of them.
 #
 #   E2E_SKIP_BUILD=1        use the images as they are
 #   Jaeger and Grafana run when their images are here (deploy/docker/up.sh decides)
@@ -100,6 +102,11 @@ if [ "${E2E_SKIP_BUILD:-0}" != 1 ]; then
   say "building the images"
   deploy/docker/build.sh
 fi
+# The proxy in front of the gateways: Debian's nginx when the image cannot be had.
+if ! docker image inspect "$PROXY_IMAGE" >/dev/null 2>&1 && ! docker pull -q "$PROXY_IMAGE" >/dev/null 2>&1; then
+  say "no $PROXY_IMAGE: building its stand-in"
+  deploy/docker/standins.sh nginx
+fi
 
 # --- up --------------------------------------------------------------------------------
 compose down --volumes --remove-orphans >/dev/null 2>&1 || true
@@ -110,8 +117,9 @@ for port in "${GATEWAY_PORT:-8080}" "${PROMETHEUS_PORT:-9090}"; do
   fi
 done
 say "starting the stack (project $project)"
+gateways=${E2E_GATEWAYS:-3}
 COMPOSE="$COMPOSE --project-name $project --env-file $env_file" UP_TIMEOUT=$healthy_within \
-  deploy/docker/up.sh | tee "$scratch/up"
+  GATEWAY_REPLICAS=$gateways deploy/docker/up.sh | tee "$scratch/up"
 up_s=$(sed -n 's/.* healthy \([0-9.]*\) s after up$/\1/p' "$scratch/up")
 if awk -v s="$up_s" -v b=$budget_up 'BEGIN { exit !(s > b) }'; then
   say "warning: up to healthy took ${up_s} s, over the ${budget_up} s budget"
@@ -172,6 +180,20 @@ else
   fail "history after the blocked text: $(head -c 300 "$scratch/body")"
 fi
 
+# The keyword service indexes saved messages within a second or so.
+found=
+for _ in $(seq 40); do
+  request GET '/search?q=hello'
+  found=$(json 'sum(1 for r in b["results"] if r["text"] == "hello")')
+  [ "$code" = 200 ] && [ "$found" = 1 ] && break
+  sleep 0.5
+done
+if [ "$code" = 200 ] && [ "$found" = 1 ]; then
+  pass "GET /search finds the chat's message through the keyword service"
+else
+  fail "GET /search: $code $(head -c 300 "$scratch/body")"
+fi
+
 bearer=$quota_key
 answered=0
 for _ in $(seq 20); do
@@ -184,6 +206,34 @@ if [ "$code" = 429 ] && [ "$(json 'b["error"]')" = quota_exceeded ] && [ $answer
 else
   fail "quota: after $answered chats $code $(head -c 300 "$scratch/body")"
 fi
+
+# --- several gateways, one limit ------------------------------------------------------
+limit=4
+bearer=$(sed -n 's/^ADMIN_API_KEY=//p' "$env_file")
+request POST /admin/users "{\"user_id\":\"e2e-rate\",\"rate_limit_per_minute\":$limit,\"daily_limit\":1000000}"
+[ "$code" = 201 ] || fail "POST /admin/users e2e-rate: $code $(head -c 300 "$scratch/body")"
+request POST /admin/users/e2e-rate/keys '{"name":"e2e"}'
+bearer=$(json 'b.get("key", "")')
+running=$(compose ps -q gateway | wc -l)
+ok=0
+limited=0
+header_limit=
+for _ in $(seq $((limit * gateways))); do
+  chat e2e-rate hi
+  case $code in
+    200) ok=$((ok + 1)) ;;
+    429) limited=$((limited + 1)) ;;
+  esac
+  [ -n "$header_limit" ] ||
+    header_limit=$(sed -n 's/^x-ratelimit-limit: *\([0-9]*\).*/\1/Ip' "$scratch/headers")
+done
+if [ "$running" = "$gateways" ] && [ $ok = $limit ] && [ $limited = $((limit * (gateways - 1))) ] &&
+  [ "$header_limit" = $limit ]; then
+  pass "$gateways gateways, a user limited to $limit a minute: $ok answered, $limited refused 429 (not $((limit * gateways)))"
+else
+  fail "$running of $gateways gateways running; limit $limit: $ok answered, $limited refused, X-RateLimit-Limit '$header_limit'"
+fi
+bearer=
 
 # --- Prometheus ------------------------------------------------------------------------
 bearer=
@@ -203,6 +253,20 @@ if [ -z "$missing" ] && { [ "$require_up" != 1 ] || [ -z "$down" ]; }; then
     tr '\n' ',' | sed 's/,$//; s/,/, /g')"
 else
   fail "Prometheus targets: missing [$(tr '\n' ' ' <<<"$missing")], not up [$(tr '\n' ' ' <<<"$down")]"
+fi
+
+# Every replica served some of the chats above, so the limit held across them.
+for _ in $(seq 60); do
+  curl -sS --max-time 5 -o "$scratch/body" "$prometheus/api/v1/query" \
+    --data-urlencode 'query=count(sum by (instance) (http_server_requests_total{job="gateway",route="/chat"}) > 0)' || true
+  served=$(json 'b["data"]["result"][0]["value"][1] if b["data"]["result"] else 0')
+  [ "$served" = "$gateways" ] && break
+  sleep 0.5
+done
+if [ "$served" = "$gateways" ]; then
+  pass "each of the $gateways gateway replicas answered chats (Prometheus scrapes every replica)"
+else
+  fail "gateway replicas that answered /chat, as Prometheus sees them: $served of $gateways"
 fi
 
 say "$passed passed, $failed failed"

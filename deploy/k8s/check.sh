@@ -39,12 +39,12 @@ echo "k8s: yamllint passes"
 # The review must be able to fail: a rendering with a probe, a setting and a port broken.
 sed -e '0,/readinessProbe:/s//readinessProbeGone:/' \
   -e 's/MAX_TEXT_CHARS:/MAX_TEXT_CHAR:/' \
-  -e 's/- port: 50052/- port: 50053/' "$out/dev.yaml" >"$out/broken.yaml"
+  -e 's/- port: 50052/- port: 50059/' "$out/dev.yaml" >"$out/broken.yaml"
 if found=$("$venv/bin/python" review.py "broken=$out/broken.yaml" 2>&1); then
   echo "k8s: review.py passed a rendering it should have failed" >&2
   exit 1
 fi
-for expected in "no readinessProbe" "MAX_TEXT_CHARS (in its settings.rs) is not provided" "opens port 50053"; do
+for expected in "no readinessProbe" "MAX_TEXT_CHARS (in its settings.rs) is not provided" "opens port 50059"; do
   grep -q "$expected" <<<"$found" || { echo "k8s: review.py missed: $expected" >&2; exit 1; }
 done
 echo "k8s: review.py fails a broken rendering, as it should"

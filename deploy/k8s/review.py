@@ -19,11 +19,12 @@ import sys
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SERVICES = ["gateway", "token", "filter", "llm", "history"]
+SERVICES = ["gateway", "token", "filter", "keyword", "llm", "history"]
 # Read by every service besides its settings struct (services/common/src/telemetry.rs).
 COMMON_ENV = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"}
-# The parts MYSQL_DSN is put together from in history.yaml.
-EXTRA_ENV = {"history": {"MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_DATABASE", "MYSQL_PASSWORD"}}
+# The parts MYSQL_DSN is put together from in history.yaml and keyword.yaml.
+MYSQL_PARTS = {"MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_DATABASE", "MYSQL_PASSWORD"}
+EXTRA_ENV = {"history": MYSQL_PARTS, "keyword": MYSQL_PARTS}
 WORKLOADS = {"Deployment", "StatefulSet"}
 
 problems = []
@@ -206,7 +207,7 @@ class Rendering:
         for setting, value in environment.items():
             if setting.endswith("_ADDR") and value:
                 self.address(service, setting, value)
-        if service == "history":
+        if service in ("history", "keyword"):
             self.address(service, "MYSQL_HOST", f"{environment.get('MYSQL_HOST')}:{environment.get('MYSQL_PORT')}")
 
     def address(self, service, setting, value):

@@ -34,6 +34,14 @@ const REPLY: &str =
 /// cost.
 pub const TRUST_CASE: &str = "chat c=1 AUTH_MODE=none";
 
+/// The one-client chat through a gateway with no rate limit at all: beside `chat c=1`
+/// (whose limiter checks every request in Redis but never refuses), the limiter's cost.
+pub const NO_LIMITER_CASE: &str = "chat c=1 no limiter";
+
+/// The one-client chat through a gateway with `RETRIEVAL=off`: the baseline of what
+/// retrieval (a keyword search beside the filter and the context lookup) adds.
+pub const NO_RETRIEVAL_CASE: &str = "chat c=1 RETRIEVAL=off";
+
 /// Tokens each bench user may spend per day: far more than any run spends.
 const DAILY_LIMIT: i64 = 1_000_000_000_000;
 
@@ -114,12 +122,39 @@ async fn start_stack(
     let mut gateway_env =
         vec![owned(&[("AUTH_MODE", "required"), ("ADMIN_API_KEY", admin_key)]); authenticated];
     gateway_env.push(owned(&[("AUTH_MODE", "none")]));
+    // The limiter's cost: the same as gateway-1 with every rate limit off.
+    gateway_env.push(owned(&[
+        ("AUTH_MODE", "required"),
+        ("ADMIN_API_KEY", admin_key),
+        ("RATE_LIMIT_PER_MINUTE", "0"),
+        ("READ_RATE_LIMIT_PER_MINUTE", "0"),
+        ("ADDRESS_RATE_LIMIT_PER_MINUTE", "0"),
+    ]));
+    // Retrieval's cost: the same as gateway-1 with retrieval off.
+    gateway_env.push(owned(&[
+        ("AUTH_MODE", "required"),
+        ("ADMIN_API_KEY", admin_key),
+        ("RETRIEVAL", "off"),
+    ]));
+    // Overload: admits `overload_cap` requests at once and sheds the rest.
+    let cap = overload_cap(options).to_string();
+    gateway_env.push(owned(&[
+        ("AUTH_MODE", "required"),
+        ("ADMIN_API_KEY", admin_key),
+        ("MAX_CONCURRENT_REQUESTS", cap.as_str()),
+    ]));
     let processes = Processes {
         bin_dir: options.bin_dir.clone(),
-        gateways: authenticated + 1,
+        gateways: authenticated + 4,
         env: owned(&env),
     };
     Stack::processes_with_gateway_env(&backing, &processes, &gateway_env).await
+}
+
+/// What the overload gateway admits at once: the first load case's clients, the machine's
+/// capacity; its overload case sends four times as many.
+pub fn overload_cap(options: &Options) -> usize {
+    options.concurrency.first().copied().unwrap_or(32).max(1)
 }
 
 /// The gateways with authentication on: as many as the largest scale-out case.
@@ -190,7 +225,12 @@ fn most_clients(options: &Options) -> usize {
         .concurrency
         .iter()
         .copied()
-        .chain([options.scale_concurrency, WARM_UP_CLIENTS, 1])
+        .chain([
+            options.scale_concurrency,
+            WARM_UP_CLIENTS,
+            1,
+            4 * overload_cap(options),
+        ])
         .max()
         .unwrap_or(1)
 }
@@ -214,9 +254,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
             .await?
             .into_iter()
             .unzip();
-    let (authenticated, trust) = stack
+    let (authenticated, extra) = stack
         .gateways
         .split_at(authenticated_gateways(options).min(stack.gateways.len()));
+    let (trust, extra) = extra.split_at(1.min(extra.len()));
+    let (no_limiter, extra) = extra.split_at(1.min(extra.len()));
+    let (no_retrieval, overload) = extra.split_at(1.min(extra.len()));
     // In trust mode each client names the same user its key stands for, so that the
     // credential is all that differs.
     let (keys, users) = (
@@ -231,7 +274,18 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
         &keys,
         &users,
     );
+    add_limit_cases(&mut cases, options, no_limiter, overload, &keys);
+    add_no_retrieval_case(&mut cases, no_retrieval, &keys);
     warm_up(options, &client, authenticated, trust, &keys, &users).await;
+    // The limit cases' gateways: connections and credential caches, every key of theirs.
+    let warm = Duration::from_secs_f64(options.seconds_per_case.min(2.0) / 2.0);
+    let no_limiter = Target::Chat(no_limiter.to_vec());
+    load::run(&client, &no_limiter, &keys, 1, warm, None).await;
+    let no_retrieval = Target::Chat(no_retrieval.to_vec());
+    load::run(&client, &no_retrieval, &keys, 1, warm, None).await;
+    let overload = Target::Chat(overload.to_vec());
+    let cap = overload_cap(options);
+    load::run(&client, &overload, &keys, 4 * cap, warm, None).await;
 
     let slice = Duration::from_secs_f64(options.seconds_per_case / options.rounds.max(1) as f64);
     for _round in 0..options.rounds.max(1) {
@@ -327,6 +381,16 @@ fn cases(
         true,
         keys,
     );
+    // The OpenAI-compatible API beside /chat: the same path, OpenAI's shapes.
+    add("v1 c=1".into(), Target::V1(one.clone()), 1, 1, false, keys);
+    add(
+        "v1 stream c=1".into(),
+        Target::V1Stream(one.clone()),
+        1,
+        1,
+        true,
+        keys,
+    );
     for &concurrency in &options.concurrency {
         let name = |target: &str| format!("{target} c={concurrency}");
         add(name("upstream"), bare(), concurrency, 0, false, keys);
@@ -346,6 +410,22 @@ fn cases(
             false,
             keys,
         );
+        add(
+            name("v1"),
+            Target::V1(one.clone()),
+            concurrency,
+            1,
+            false,
+            keys,
+        );
+        add(
+            name("v1 stream"),
+            Target::V1Stream(one.clone()),
+            concurrency,
+            1,
+            false,
+            keys,
+        );
     }
     for &count in &options.gateways {
         let concurrency = options.scale_concurrency;
@@ -359,6 +439,63 @@ fn cases(
         );
     }
     cases
+}
+
+/// The limiter's cost (one client, every limit off) and the overload: the overload
+/// gateway at its cap, then at four times it.
+fn add_limit_cases(
+    cases: &mut Vec<Case>,
+    options: &Options,
+    no_limiter: &[String],
+    overload: &[String],
+    keys: &Callers,
+) {
+    let case = |name: String, gateways: &[String], concurrency: usize| Case {
+        name,
+        target: Target::Chat(gateways.to_vec()),
+        callers: keys.clone(),
+        concurrency,
+        gateways: 1,
+        marks: false,
+        sample: load::Sample::default(),
+        cpu: BTreeMap::new(),
+    };
+    // Beside the other one-client cases, so that drift hits them alike.
+    let at = cases
+        .iter()
+        .position(|case| case.name == TRUST_CASE)
+        .map_or(cases.len(), |index| index + 1);
+    cases.insert(at, case(NO_LIMITER_CASE.to_owned(), no_limiter, 1));
+    let cap = overload_cap(options);
+    cases.push(case(overload_case(cap, 1), overload, cap));
+    cases.push(case(overload_case(cap, 4), overload, 4 * cap));
+}
+
+/// The one-client chat through the gateway without retrieval, beside the other
+/// one-client cases so that drift hits them alike.
+fn add_no_retrieval_case(cases: &mut Vec<Case>, gateway: &[String], keys: &Callers) {
+    let at = cases
+        .iter()
+        .position(|case| case.name == NO_LIMITER_CASE)
+        .map_or(cases.len(), |index| index + 1);
+    cases.insert(
+        at,
+        Case {
+            name: NO_RETRIEVAL_CASE.to_owned(),
+            target: Target::Chat(gateway.to_vec()),
+            callers: keys.clone(),
+            concurrency: 1,
+            gateways: 1,
+            marks: false,
+            sample: load::Sample::default(),
+            cpu: BTreeMap::new(),
+        },
+    );
+}
+
+/// The name of the overload gateway's case at `times` its cap.
+pub fn overload_case(cap: usize, times: usize) -> String {
+    format!("chat c={} cap={cap} ({times}x)", times * cap)
 }
 
 /// Clients of the warm-up's chats.

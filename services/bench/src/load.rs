@@ -19,6 +19,10 @@ pub enum Target {
     Chat(Vec<String>),
     /// `POST /chat/stream` on these gateways, read to the final event.
     Stream(Vec<String>),
+    /// `POST /v1/chat/completions` on these gateways, the whole answer.
+    V1(Vec<String>),
+    /// The same with `stream: true`, read to `data: [DONE]`.
+    V1Stream(Vec<String>),
 }
 
 impl Target {
@@ -27,6 +31,8 @@ impl Target {
             Self::Upstream(_) => "upstream",
             Self::Chat(_) => "chat",
             Self::Stream(_) => "stream",
+            Self::V1(_) => "v1",
+            Self::V1Stream(_) => "v1 stream",
         }
     }
 }
@@ -46,6 +52,9 @@ pub enum Callers {
 pub struct Sample {
     pub latencies_us: Vec<u64>,
     pub errors: u64,
+    /// Answered at once 503 or 429 (shed at admission or rate limited): not errors, and
+    /// not in the latencies, which are the admitted requests'.
+    pub shed: u64,
     pub elapsed: Duration,
     /// Streams at concurrency 1: the provider's first chunk → the client's first delta.
     pub first_delta_lag_us: Vec<u64>,
@@ -57,6 +66,7 @@ impl Sample {
     fn merge(&mut self, other: Sample) {
         self.latencies_us.extend(other.latencies_us);
         self.errors += other.errors;
+        self.shed += other.shed;
         self.first_delta_lag_us.extend(other.first_delta_lag_us);
         self.done_lag_us.extend(other.done_lag_us);
     }
@@ -98,6 +108,11 @@ pub async fn run(
                             sample.done_lag_us.push(done.as_micros() as u64);
                         }
                     }
+                    Err(error) if error.is::<Shed>() => {
+                        sample.shed += 1;
+                        // A client told to come back does not hammer at once.
+                        tokio::time::sleep(SHED_BACKOFF).await;
+                    }
                     Err(_) => {
                         sample.errors += 1;
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -121,6 +136,21 @@ pub async fn run(
 
 type Lags = Option<(Duration, Duration)>;
 
+/// A request refused at once with 503 or 429, as the gateway sheds load.
+#[derive(Debug)]
+struct Shed;
+
+impl std::fmt::Display for Shed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("shed")
+    }
+}
+
+impl std::error::Error for Shed {}
+
+/// How long a shed client waits before its next request.
+const SHED_BACKOFF: Duration = Duration::from_millis(10);
+
 /// The `worker`th of `values`, round the list; empty if there is none.
 fn nth(values: &[String], worker: usize) -> String {
     values
@@ -141,6 +171,19 @@ impl Caller {
             Self::Key(_) => serde_json::json!({"text": TEXT}),
             Self::Named(user) => serde_json::json!({"user_id": user, "text": TEXT}),
         }
+    }
+
+    /// The body of a `/v1` completion; in trust mode `user` names the acting user.
+    fn openai_body(&self, stream: bool) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": TEXT}],
+            "stream": stream,
+        });
+        if let Self::Named(user) = self {
+            body["user"] = user.clone().into();
+        }
+        body
     }
 }
 
@@ -169,32 +212,53 @@ async fn one(
             format!("{}/chat/stream", gateways[worker % gateways.len()]),
             caller.body(),
         ),
+        Target::V1(gateways) | Target::V1Stream(gateways) => (
+            format!("{}/v1/chat/completions", gateways[worker % gateways.len()]),
+            caller.openai_body(matches!(target, Target::V1Stream(_))),
+        ),
     };
     let mut request = client.post(url).json(&body);
-    if let (Caller::Key(key), Target::Chat(_) | Target::Stream(_)) = (caller, target) {
+    if let Caller::Key(key) = caller
+        && !matches!(target, Target::Upstream(_))
+    {
         request = request.bearer_auth(key);
     }
     let response = request.send().await?;
+    if matches!(response.status().as_u16(), 429 | 503) && !matches!(target, Target::Upstream(_)) {
+        return Err(Shed.into());
+    }
     anyhow::ensure!(
         response.status().is_success(),
         "status {}",
         response.status()
     );
     match target {
-        Target::Upstream(_) | Target::Chat(_) => {
+        Target::Upstream(_) | Target::Chat(_) | Target::V1(_) => {
             response.bytes().await?;
             Ok((started.elapsed(), None))
         }
-        Target::Stream(_) => {
+        Target::Stream(_) | Target::V1Stream(_) => {
+            let openai = matches!(target, Target::V1Stream(_));
             let (mut first_delta, mut done) = (None, None);
             let mut seen = Vec::new();
             let mut chunks = response.bytes_stream();
             while let Some(chunk) = chunks.next().await {
                 seen.extend_from_slice(&chunk?);
-                if first_delta.is_none() && contains(&seen, b"event: delta") {
+                // OpenAI's stream opens with a role chunk: its first text is the second event.
+                let delta = if openai {
+                    seen.windows(6).filter(|window| window == b"data: ").count() >= 2
+                } else {
+                    contains(&seen, b"event: delta")
+                };
+                if first_delta.is_none() && delta {
                     first_delta = Some(Instant::now());
                 }
-                if contains(&seen, b"event: done") {
+                let end: &[u8] = if openai {
+                    b"data: [DONE]"
+                } else {
+                    b"event: done"
+                };
+                if contains(&seen, end) {
                     done = Some(Instant::now());
                 }
             }

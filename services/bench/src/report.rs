@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::load::Sample;
-use crate::{Options, TRUST_CASE};
+use crate::{NO_LIMITER_CASE, NO_RETRIEVAL_CASE, Options, TRUST_CASE, overload_cap, overload_case};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseResult {
@@ -16,6 +16,9 @@ pub struct CaseResult {
     pub gateways: usize,
     pub requests: usize,
     pub errors: u64,
+    /// Refused at once (503 shed, 429 limited): not errors; the latencies are the
+    /// admitted requests'.
+    pub shed: u64,
     pub requests_per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -68,6 +71,7 @@ impl CaseResult {
             gateways,
             requests,
             errors: sample.errors,
+            shed: sample.shed,
             requests_per_second: requests as f64 / seconds,
             p50_ms: percentile(&sample.latencies_us, 0.5),
             p99_ms: percentile(&sample.latencies_us, 0.99),
@@ -95,6 +99,16 @@ pub struct Results {
     /// Median `/chat` latency at concurrency 1 with an API key minus the same through
     /// the gateway in trust mode (`AUTH_MODE=none`): what authentication adds.
     pub auth_overhead_p50_ms: Option<f64>,
+    /// Median `/chat` latency at concurrency 1 minus the same through a gateway with no
+    /// rate limit: what the shared limiter's check in Redis adds.
+    pub limiter_overhead_p50_ms: Option<f64>,
+    /// Median `/chat` latency at concurrency 1 minus the same through a gateway with
+    /// `RETRIEVAL=off`: what retrieval adds (a search beside the filter and the context).
+    pub retrieval_overhead_p50_ms: Option<f64>,
+    /// At four times what the overload gateway admits at once: the p99 of the admitted
+    /// requests over its value at the cap, and the share of requests shed.
+    pub overload_p99_ratio: Option<f64>,
+    pub overload_shed_share: Option<f64>,
     pub peak_rss_mib: BTreeMap<String, f64>,
 }
 
@@ -112,7 +126,7 @@ impl Results {
         };
         let mut overhead_p50_ms = BTreeMap::new();
         if let Some(floor) = p50("upstream c=1") {
-            for target in ["chat", "stream"] {
+            for target in ["chat", "stream", "v1", "v1 stream"] {
                 if let Some(through) = p50(&format!("{target} c=1")) {
                     overhead_p50_ms.insert(target.to_owned(), through - floor);
                 }
@@ -121,6 +135,21 @@ impl Results {
         let auth_overhead_p50_ms = p50("chat c=1")
             .zip(p50(TRUST_CASE))
             .map(|(with_key, trusting)| with_key - trusting);
+        let limiter_overhead_p50_ms = p50("chat c=1")
+            .zip(p50(NO_LIMITER_CASE))
+            .map(|(limited, unlimited)| limited - unlimited);
+        let retrieval_overhead_p50_ms = p50("chat c=1")
+            .zip(p50(NO_RETRIEVAL_CASE))
+            .map(|(with, without)| with - without);
+        let cap = overload_cap(options);
+        let find = |name: String| cases.iter().find(|case| case.name == name);
+        let (at_cap, overloaded) = (find(overload_case(cap, 1)), find(overload_case(cap, 4)));
+        let overload_p99_ratio = at_cap
+            .zip(overloaded)
+            .filter(|(at_cap, _)| at_cap.p99_ms > 0.0)
+            .map(|(at_cap, overloaded)| overloaded.p99_ms / at_cap.p99_ms);
+        let overload_shed_share = overloaded
+            .map(|case| case.shed as f64 / (case.shed as f64 + case.requests as f64).max(1.0));
         Self {
             commit: commit(),
             cores: std::thread::available_parallelism().map_or(0, usize::from),
@@ -129,13 +158,24 @@ impl Results {
             cases,
             overhead_p50_ms,
             auth_overhead_p50_ms,
+            limiter_overhead_p50_ms,
+            retrieval_overhead_p50_ms,
+            overload_p99_ratio,
+            overload_shed_share,
             peak_rss_mib,
         }
     }
 
-    /// Total errors over every case: the benchmark requires zero.
+    /// Total errors over every case, counting a shed request as one outside the overload
+    /// cases (nothing else should be refused): the benchmark requires zero.
     pub fn errors(&self) -> u64 {
-        self.cases.iter().map(|case| case.errors).sum()
+        self.cases
+            .iter()
+            .map(|case| {
+                let overload = case.name.contains(" cap=");
+                case.errors + if overload { 0 } else { case.shed }
+            })
+            .sum()
     }
 
     pub fn table(&self) -> String {
@@ -147,10 +187,11 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "{:<28} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12} {:>12} {:>10}",
+            "{:<28} {:>9} {:>7} {:>7} {:>10} {:>9} {:>9} {:>12} {:>12} {:>10}",
             "case",
             "requests",
             "errors",
+            "shed",
             "req/s",
             "p50 ms",
             "p99 ms",
@@ -164,10 +205,11 @@ impl Results {
             let cpu: f64 = case.cpu_seconds_per_1000.values().sum();
             let _ = writeln!(
                 out,
-                "{:<28} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>12} {:>12} {:>10}",
+                "{:<28} {:>9} {:>7} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>12} {:>12} {:>10}",
                 case.name,
                 case.requests,
                 case.errors,
+                case.shed,
                 case.requests_per_second,
                 case.p50_ms,
                 case.p99_ms,
@@ -187,6 +229,25 @@ impl Results {
             let _ = writeln!(
                 out,
                 "authentication added {added:.3} ms at p50 (chat c=1 with a key vs {TRUST_CASE}; budget 0.1 ms)"
+            );
+        }
+        if let Some(added) = self.limiter_overhead_p50_ms {
+            let _ = writeln!(
+                out,
+                "the rate limiter added {added:.3} ms at p50 (chat c=1 vs {NO_LIMITER_CASE}; budget 0.1 ms)"
+            );
+        }
+        if let Some(added) = self.retrieval_overhead_p50_ms {
+            let _ = writeln!(
+                out,
+                "retrieval added {added:.3} ms at p50 (chat c=1 vs {NO_RETRIEVAL_CASE}; target: none, it runs beside the filter)"
+            );
+        }
+        if let (Some(ratio), Some(shed)) = (self.overload_p99_ratio, self.overload_shed_share) {
+            let _ = writeln!(
+                out,
+                "at 4x overload the admitted requests' p99 is {ratio:.2}x its value at the cap (budget 2x); {:.0}% shed with 503",
+                shed * 100.0
             );
         }
         if let Some(case) = self.cases.iter().find(|case| case.name == "chat c=32") {
@@ -225,7 +286,7 @@ impl Results {
             let bar = (case.requests_per_second / max) * 420.0;
             let colour = match case.target.as_str() {
                 "upstream" => "#9aa5b1",
-                "stream" => "#2f9e44",
+                "stream" | "v1 stream" => "#2f9e44",
                 _ => "#1c64f2",
             };
             let _ = writeln!(

@@ -36,12 +36,20 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
             "upstream c=1",
             "chat c=1",
             "chat c=1 AUTH_MODE=none",
+            "chat c=1 no limiter",
+            "chat c=1 RETRIEVAL=off",
             "stream c=1",
+            "v1 c=1",
+            "v1 stream c=1",
             "upstream c=4",
             "chat c=4",
             "stream c=4",
+            "v1 c=4",
+            "v1 stream c=4",
             "chat c=4 x1 gateways",
             "chat c=4 x2 gateways",
+            "chat c=4 cap=4 (1x)",
+            "chat c=16 cap=4 (4x)",
         ]
     );
     assert_eq!(results.errors(), 0, "{}", results.table());
@@ -55,18 +63,25 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
             );
         }
     }
-    let stream = &results.cases[3];
-    assert!(stream.first_delta_lag_p50_ms.is_some() && stream.done_lag_p50_ms.is_some());
-    assert!(
-        results.overhead_p50_ms.contains_key("chat")
-            && results.overhead_p50_ms.contains_key("stream")
-    );
+    for streamed in ["stream c=1", "v1 stream c=1"] {
+        let case = results.cases.iter().find(|case| case.name == streamed);
+        assert!(
+            case.is_some_and(
+                |case| case.first_delta_lag_p50_ms.is_some() && case.done_lag_p50_ms.is_some()
+            ),
+            "{streamed}: {case:?}"
+        );
+    }
+    for target in ["chat", "stream", "v1", "v1 stream"] {
+        assert!(results.overhead_p50_ms.contains_key(target), "{target}");
+    }
     // gateway-3 is the trust-mode one.
     for process in [
         "filter",
         "token",
         "llm",
         "history",
+        "keyword",
         "gateway-1",
         "gateway-2",
         "gateway-3",
@@ -82,10 +97,25 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
     assert!(results.cores > 0);
 
     let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&results)?)?;
-    assert_eq!(json["cases"].as_array().map(Vec::len), Some(9));
+    assert_eq!(
+        json["cases"].as_array().map(Vec::len),
+        Some(results.cases.len())
+    );
     assert!(results.svg().starts_with("<svg") && results.svg().contains("chat c=4"));
     assert!(results.table().contains("overhead at c=1 (chat, p50)"));
     assert!(results.auth_overhead_p50_ms.is_some());
     assert!(results.table().contains("authentication added"));
+    // The limiter's cost and the overload run are reported; at 4x its cap the overload
+    // gateway shed some requests with 503 and still answered the ones it admitted.
+    assert!(results.limiter_overhead_p50_ms.is_some());
+    assert!(results.table().contains("the rate limiter added"));
+    assert!(results.retrieval_overhead_p50_ms.is_some());
+    assert!(results.table().contains("retrieval added"));
+    assert!(results.overload_p99_ratio.is_some(), "{}", results.table());
+    assert!(
+        results.overload_shed_share.is_some_and(|share| share > 0.0),
+        "{}",
+        results.table()
+    );
     Ok(())
 }

@@ -184,6 +184,34 @@ where
     }
 }
 
+/// The label of what a metric cannot name without letting callers grow its label set.
+pub const OTHER: &str = "_OTHER";
+
+/// The gRPC services of this workspace: a server's metrics name one of these, or
+/// [`OTHER`] for a path naming none (its callers could otherwise make up any number).
+const KNOWN_SERVICES: [&str; 6] = [
+    chat_proto::filter_service_server::SERVICE_NAME,
+    chat_proto::token_service_server::SERVICE_NAME,
+    chat_proto::llm_service_server::SERVICE_NAME,
+    chat_proto::history_service_server::SERVICE_NAME,
+    chat_proto::account_service_server::SERVICE_NAME,
+    chat_proto::keyword_service_server::SERVICE_NAME,
+];
+
+/// The `service` and `method` labels of a server call: as called for a known service
+/// and a method it has (it did not answer UNIMPLEMENTED), else [`OTHER`].
+fn server_labels(service: &str, method: &str, code: tonic::Code) -> (String, String) {
+    if !KNOWN_SERVICES.contains(&service) {
+        return (OTHER.to_owned(), OTHER.to_owned());
+    }
+    let method = if code == tonic::Code::Unimplemented {
+        OTHER
+    } else {
+        method
+    };
+    (service.to_owned(), method.to_owned())
+}
+
 /// `("chat.v1.FilterService", "Filter")` from `/chat.v1.FilterService/Filter`.
 fn service_and_method(path: &str) -> (String, String) {
     path.trim_start_matches('/')
@@ -290,7 +318,10 @@ where
             rpc.grpc.status_code = Empty,
         );
         let _ = span.set_parent(remote_parent(request.headers()));
-        let active = gauge!("rpc_server_active_requests", "service" => service.clone());
+        let active = gauge!(
+            "rpc_server_active_requests",
+            "service" => server_labels(&service, "", tonic::Code::Ok).0
+        );
         active.increment(1.0);
         let started = Instant::now();
         let future = {
@@ -304,6 +335,7 @@ where
                 Err(_) => tonic::Code::Unknown,
             };
             record_status(&span, code);
+            let (service, method) = server_labels(&service, &method, code);
             let labels = [
                 ("service", service),
                 ("method", method),
@@ -314,5 +346,32 @@ where
             active.decrement(1.0);
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_labels_are_bounded_to_known_services_and_methods() {
+        let known = chat_proto::filter_service_server::SERVICE_NAME;
+        assert_eq!(
+            server_labels(known, "Filter", tonic::Code::Ok),
+            (known.to_owned(), "Filter".to_owned())
+        );
+        assert_eq!(
+            server_labels(known, "Made1Up", tonic::Code::Unimplemented),
+            (known.to_owned(), OTHER.to_owned())
+        );
+        assert_eq!(
+            server_labels("evil.Service123", "Anything", tonic::Code::Unimplemented),
+            (OTHER.to_owned(), OTHER.to_owned())
+        );
+        let (service, method) = service_and_method("/chat.v1.TokenService/Reserve");
+        assert_eq!(
+            (service.as_str(), method.as_str()),
+            ("chat.v1.TokenService", "Reserve")
+        );
     }
 }

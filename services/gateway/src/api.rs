@@ -25,26 +25,16 @@ use crate::auth::{Caller, acting_user};
 use crate::chat::{ChatRequest, StreamEvent};
 use crate::routes::AppState;
 
-/// Who is calling and for whom: what the reading routes check first. Reads are not
-/// rate limited: opening the page reads the history and the quota, and must not spend
-/// the user's chats.
-async fn admit(
+/// Who is calling and for whom: what the reading routes check first. Reads spend the
+/// caller's read allowance (`READ_RATE_LIMIT_PER_MINUTE`), not their chats: opening the
+/// page reads the history and the quota.
+pub(crate) async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     claimed: Option<String>,
 ) -> Result<Caller, ApiError> {
     let caller = state.auth.caller(headers).await?;
     acting_user(caller, claimed)
-}
-
-fn limit(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    let Some(limiter) = &state.limiter else {
-        return Ok(());
-    };
-    limiter.check(&caller.user_id).map_err(|wait| {
-        crate::metrics::rate_limited();
-        ApiError::RateLimited(wait)
-    })
 }
 
 /// The body of a chat: JSON within the size limit.
@@ -60,17 +50,17 @@ fn chat_body(
 }
 
 /// Authenticates before reading the body, so an anonymous caller learns nothing from
-/// how their body is judged; then the caller's rate limit.
+/// how their body is judged. (The caller's rate limit was checked before, by the
+/// router's `rate_limit::enforce`.)
 async fn admit_chat(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(Caller, String), ApiError> {
+) -> Result<(Caller, String, Option<String>), ApiError> {
     let credentialed = state.auth.caller(headers).await?;
     let request = chat_body(state, body)?;
     let caller = acting_user(credentialed, request.user_id)?;
-    limit(state, &caller)?;
-    Ok((caller, request.text))
+    Ok((caller, request.text, request.conversation_id))
 }
 
 pub async fn chat(
@@ -78,9 +68,11 @@ pub async fn chat(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (caller, text) = admit_chat(&state, &headers, body).await?;
+    let (caller, text, conversation) = admit_chat(&state, &headers, body).await?;
     // In a task of its own: a client that hangs up cannot cut the chat short.
-    let task = async move { crate::chat::chat(&state.backends, &state.policy, caller, text).await };
+    let task = async move {
+        crate::chat::chat(&state.backends, &state.policy, caller, text, conversation).await
+    };
     let answer = tokio::spawn(task.in_current_span())
         .await
         .map_err(|error| {
@@ -94,13 +86,15 @@ pub async fn chat_stream(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (caller, text) = admit_chat(&state, &headers, body).await?;
+    let (caller, text, conversation) = admit_chat(&state, &headers, body).await?;
+    let permit = state.admission.open_stream(&caller.user_id)?;
     let (head, answer) = oneshot::channel();
     let task = crate::chat::chat_stream(
         state.backends.clone(),
         state.policy.clone(),
         caller,
         text,
+        conversation,
         head,
     );
     tokio::spawn(task.in_current_span());
@@ -108,16 +102,22 @@ pub async fn chat_stream(
         ApiError::dependency("gateway", tonic::Status::internal("chat task ended"))
     })??;
     let events = ReceiverStream::new(events).map(|event| Ok::<_, Infallible>(sse_event(event)));
-    Ok(Sse::new(events)
+    let response = Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response();
+    Ok(crate::admission::holding(permit, response))
 }
 
 fn sse_event(event: StreamEvent) -> Event {
     let (name, data) = match event {
-        StreamEvent::Start { cleaned, trace_id } => {
-            ("start", json!({"cleaned": cleaned, "trace_id": trace_id}))
-        }
+        StreamEvent::Start {
+            cleaned,
+            trace_id,
+            conversation_id,
+        } => (
+            "start",
+            json!({"cleaned": cleaned, "trace_id": trace_id, "conversation_id": conversation_id}),
+        ),
         StreamEvent::Delta(text) => ("delta", json!({"text": text})),
         StreamEvent::Done {
             usage,

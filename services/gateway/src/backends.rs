@@ -10,16 +10,21 @@ use chat_common::observe::Deadline;
 use chat_proto::account_service_client::AccountServiceClient;
 use chat_proto::filter_service_client::FilterServiceClient;
 use chat_proto::history_service_client::HistoryServiceClient;
+use chat_proto::keyword_service_client::KeywordServiceClient;
 use chat_proto::llm_service_client::LlmServiceClient;
 use chat_proto::token_service_client::TokenServiceClient;
 use chat_proto::{
-    CompleteChunk, CompleteRequest, CompleteResponse, FilterRequest, FilterResponse, ListRequest,
-    NewMessage, QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SaveRequest,
-    SettleRequest, SettleResponse, StoredMessage,
+    CompleteChunk, CompleteRequest, CompleteResponse, Conversation, FilterRequest, FilterResponse,
+    LatestConversationRequest, ListRequest, NewMessage, QuotaState, RemainingRequest,
+    ReserveRequest, ReserveResponse, SaveRequest, SaveResponse, SettleRequest, SettleResponse,
+    StoredMessage,
 };
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{ApiError, Settings};
+
+/// The least time `GET /search` waits for the keyword service, in milliseconds.
+const SEARCH_TIMEOUT_MS: u64 = 3000;
 
 /// The accounts service's client, as the calls through [`Backends::accounts`] get it.
 pub type AccountsClient = AccountServiceClient<ObservedChannel>;
@@ -32,6 +37,10 @@ pub struct Backends {
     llm: LlmServiceClient<ObservedChannel>,
     history: HistoryServiceClient<ObservedChannel>,
     accounts: AccountsClient,
+    /// None when `KEYWORD_ADDR` is empty: no retrieval, no search.
+    keyword: Option<KeywordServiceClient<ObservedChannel>>,
+    keyword_deadline: Deadline,
+    search_deadline: Deadline,
     filter_deadline: Deadline,
     token_deadline: Deadline,
     llm_deadline: Deadline,
@@ -53,12 +62,45 @@ impl Backends {
             history: HistoryServiceClient::new(observed_channel(&settings.history_addr)?),
             // Accounts are served by the history service, beside the history.
             accounts: AccountServiceClient::new(observed_channel(&settings.history_addr)?),
+            keyword: match settings.keyword_addr.as_str() {
+                "" => None,
+                addr => Some(KeywordServiceClient::new(observed_channel(addr)?)),
+            },
+            keyword_deadline: deadline(settings.keyword_timeout_ms),
+            // A person waits on `GET /search`, not a chat: more time than retrieval's.
+            search_deadline: deadline(settings.keyword_timeout_ms.max(SEARCH_TIMEOUT_MS)),
             filter_deadline: deadline(settings.filter_timeout_ms),
             token_deadline: deadline(settings.token_timeout_ms),
             llm_deadline: deadline(settings.llm_timeout_ms),
             history_deadline: deadline(settings.history_timeout_ms),
             accounts_deadline: deadline(settings.accounts_timeout_ms),
         })
+    }
+
+    /// Whether a keyword service is configured.
+    pub fn has_keyword(&self) -> bool {
+        self.keyword.is_some()
+    }
+
+    /// The caller's messages that match a query, best first: within `KEYWORD_TIMEOUT_MS`
+    /// for retrieval, longer for a person's search (`interactive`).
+    pub async fn search(
+        &self,
+        message: chat_proto::SearchRequest,
+        interactive: bool,
+    ) -> Result<Vec<chat_proto::SearchHit>, Status> {
+        let Some(keyword) = &self.keyword else {
+            return Err(Status::unavailable(
+                "no keyword service is configured (KEYWORD_ADDR)",
+            ));
+        };
+        let deadline = if interactive {
+            self.search_deadline
+        } else {
+            self.keyword_deadline
+        };
+        let request = deadline.unary(message);
+        Ok(keyword.clone().search(request).await?.into_inner().hits)
     }
 
     pub async fn filter(&self, text: String) -> Result<FilterResponse, Status> {
@@ -116,6 +158,7 @@ impl Backends {
         let request = self.history_deadline.unary(SaveRequest {
             user_id: user_id.to_owned(),
             messages,
+            ..SaveRequest::default()
         });
         Ok(self.history.clone().save(request).await?.into_inner().ids)
     }
@@ -124,6 +167,7 @@ impl Backends {
         let request = self.history_deadline.unary(ListRequest {
             user_id: user_id.to_owned(),
             limit,
+            ..ListRequest::default()
         });
         Ok(self
             .history
@@ -132,6 +176,70 @@ impl Backends {
             .await?
             .into_inner()
             .messages)
+    }
+
+    /// Saves a turn into the conversation the request names (a new one when it names
+    /// none); answers where it went.
+    pub async fn save_to(&self, message: SaveRequest) -> Result<SaveResponse, Status> {
+        let request = self.history_deadline.unary(message);
+        Ok(self.history.clone().save(request).await?.into_inner())
+    }
+
+    /// The newest messages of one conversation of the user, oldest first: a chat's
+    /// context. NOT_FOUND when the conversation is not theirs.
+    pub async fn context(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, Status> {
+        let request = self.history_deadline.unary(ListRequest {
+            user_id: user_id.to_owned(),
+            limit,
+            conversation_id: conversation_id.to_owned(),
+        });
+        Ok(self
+            .history
+            .clone()
+            .list(request)
+            .await?
+            .into_inner()
+            .messages)
+    }
+
+    /// The user's most recently active conversation, created when they have none.
+    pub async fn latest_conversation(&self, user_id: &str) -> Result<Conversation, Status> {
+        let request = self.history_deadline.unary(LatestConversationRequest {
+            user_id: user_id.to_owned(),
+        });
+        Ok(self
+            .history
+            .clone()
+            .latest_conversation(request)
+            .await?
+            .into_inner())
+    }
+
+    /// One call to the history service about conversations. `patient` gives it ten
+    /// times the usual deadline: a delete may remove many rows.
+    pub async fn conversations<M, T, F, Fut>(
+        &self,
+        message: M,
+        patient: bool,
+        call: F,
+    ) -> Result<T, Status>
+    where
+        F: FnOnce(HistoryServiceClient<ObservedChannel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = match patient {
+            true => Deadline(self.history_deadline.0 * 10),
+            false => self.history_deadline,
+        };
+        let request = deadline.unary(message);
+        call(self.history.clone(), request)
+            .await
+            .map(Response::into_inner)
     }
 
     /// One call to the accounts service, its refusals mapped to the caller's errors

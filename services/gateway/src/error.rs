@@ -58,6 +58,12 @@ pub enum ApiError {
     /// This gateway is serving `MAX_CONCURRENT_REQUESTS` already.
     #[error("overloaded")]
     Overloaded,
+    /// This gateway is relaying `MAX_CONCURRENT_STREAMS` streams already.
+    #[error("overloaded")]
+    StreamsOverloaded,
+    /// The user has `MAX_STREAMS_PER_USER` streams open on this gateway already.
+    #[error("rate_limited")]
+    TooManyStreams(u32),
     /// A service failed or did not answer in time.
     #[error("{service} failed")]
     Dependency {
@@ -102,7 +108,8 @@ impl ApiError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::UnsupportedMediaType => return StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Overloaded => ErrorCode::Unavailable,
+            Self::Overloaded | Self::StreamsOverloaded => ErrorCode::Unavailable,
+            Self::TooManyStreams(_) => ErrorCode::RateLimited,
             Self::LoginThrottled(_) => ErrorCode::RateLimited,
             Self::BadJson(_)
             | Self::InvalidUserId(_)
@@ -139,6 +146,12 @@ impl ApiError {
                 "send the body as JSON with content-type: application/json".to_owned()
             }
             Self::Overloaded => "the gateway is at its limit of requests at once; retry".to_owned(),
+            Self::StreamsOverloaded => {
+                "the gateway is at its limit of streams at once; retry".to_owned()
+            }
+            Self::TooManyStreams(cap) => {
+                format!("at most {cap} streams at once per user; wait for one to end")
+            }
             Self::LoginThrottled(wait) => format!(
                 "too many failed logins; try again in {} s",
                 retry_after_secs(*wait)
@@ -178,6 +191,8 @@ impl ApiError {
             Self::AlreadyExists(_) => "already_exists",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Overloaded => "overloaded",
+            Self::StreamsOverloaded => "streams_overloaded",
+            Self::TooManyStreams(_) => "too_many_streams",
             Self::LoginThrottled(_) => "login_throttled",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Blocked(_) => "blocked",
@@ -214,7 +229,7 @@ impl ApiError {
         match self {
             Self::RateLimited(wait) | Self::LoginThrottled(wait) => Some(retry_after_secs(*wait)),
             Self::QuotaExceeded(quota) => Some(quota.reset_after_seconds.max(1) as u64),
-            Self::Overloaded => Some(1),
+            Self::Overloaded | Self::StreamsOverloaded | Self::TooManyStreams(_) => Some(1),
             _ => None,
         }
     }
@@ -273,6 +288,8 @@ mod tests {
             (ApiError::AlreadyExists(String::new()), 409),
             (ApiError::UnsupportedMediaType, 415),
             (ApiError::Overloaded, 503),
+            (ApiError::StreamsOverloaded, 503),
+            (ApiError::TooManyStreams(2), 429),
             (ApiError::from_accounts(Status::unauthenticated("x")), 401),
             (
                 ApiError::from_accounts(Status::resource_exhausted("x")),

@@ -6,40 +6,42 @@
 //! |---|---|
 //! | `POST /chat`, `POST /chat/stream` | authenticate → limit → filter ‖ context → reserve → llm → settle ‖ save |
 //! | `GET /history`, `GET /quota` | the caller's recent messages (oldest first) and quota |
+//! | `/conversations...`, `DELETE /history` | the caller's conversations; erase all of them |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI's API for OpenAI's clients, the same path as `/chat` (`openai`) |
 //! | `POST /auth/login`, `POST /auth/logout`, `GET /auth/me` | the UI's session |
 //! | `/admin/...` | users, limits and API keys, with `ADMIN_API_KEY` |
 //! | `GET /health` | `ok` |
-//! | anything else (GET) | the browser UI |
+//! | anything else (GET) | the browser UI (under `/v1/`, a JSON 404) |
 
 mod admin;
+mod admission;
 mod api;
 pub mod auth;
 mod backends;
 mod bootstrap;
 pub mod chat;
 pub mod cli;
+mod conversations;
 mod error;
 mod guard;
 mod login;
 mod metrics;
 mod observe;
+mod openai;
 mod rate_limit;
 mod routes;
+mod search;
 mod server;
 mod settings;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 pub use backends::Backends;
 pub use error::ApiError;
-pub use settings::{AuthMode, Settings};
-
-/// How often idle users' rate-limit buckets are forgotten.
-const LIMITER_UPKEEP: Duration = Duration::from_secs(60);
+pub use settings::{AuthMode, RetrievalScope, Settings, Switch};
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish.
@@ -64,26 +66,9 @@ pub async fn run(
             "AUTH_MODE=none: authentication is off, any caller can act as any user; for local trials only"
         ),
     }
-    spawn_limiter_upkeep(&state);
     let app = routes::router(&settings, state);
     tracing::info!(local = %listener.local_addr()?, auth_mode = ?settings.auth_mode, "gateway listening");
     server::serve(listener, app, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
-}
-
-fn spawn_limiter_upkeep(state: &Arc<routes::AppState>) {
-    let state = Arc::downgrade(state);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(LIMITER_UPKEEP);
-        loop {
-            tick.tick().await;
-            let Some(state) = state.upgrade() else {
-                return;
-            };
-            if let Some(limiter) = &state.limiter {
-                limiter.forget_idle();
-            }
-        }
-    });
 }

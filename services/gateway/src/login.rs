@@ -2,12 +2,11 @@
 //! `POST /auth/logout` ends the session, `GET /auth/me` says who is logged in (and
 //! whether authentication is on at all).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chat_proto::{LoginRequest, SessionRequest};
@@ -16,6 +15,7 @@ use serde_json::json;
 
 use crate::ApiError;
 use crate::auth::{self, session_cookie};
+use crate::rate_limit::ClientAddr;
 use crate::routes::AppState;
 use crate::settings::AuthMode;
 
@@ -27,7 +27,7 @@ pub struct Credentials {
 
 pub async fn login(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -35,7 +35,7 @@ pub async fn login(
     let request = LoginRequest {
         user_id: credentials.user_id,
         password: credentials.password,
-        client_addr: peer.ip().to_string(),
+        client_addr: client.to_string(),
     };
     let answer = state
         .backends

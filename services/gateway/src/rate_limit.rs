@@ -1,42 +1,556 @@
-//! The per-process request limiter: a token bucket per user that answers at once. The
-//! original queued every caller behind one bucket instead, so a burst turned into
-//! timeouts and one client's requests used up everyone's allowance.
+//! Rate limits shared by every gateway replica: a GCRA bucket per caller in Redis, one
+//! atomic script per check (`scripts/gcra.lua`), one round trip. The original queued
+//! every caller behind one per-process bucket, so one client blocked all users and N
+//! gateways allowed N times the limit.
+//!
+//! [`enforce`] is one middleware over every route of the router: it finds the route's
+//! [`Class`] from its matched path, the subject from the request (the authenticated user;
+//! the client address for a request without a valid credential, for the login and for
+//! everything in `AUTH_MODE=none`), checks the bucket, and answers 429 with `Retry-After`
+//! at once, or lets the request through; both carry `X-RateLimit-Limit`,
+//! `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
+//!
+//! How a route opts in: it need do nothing. Any route added to the router before its
+//! `.layer(... rate_limit::enforce)` (directly, merged or nested) is limited as
+//! [`Class::Read`]; one that calls the model is listed in [`MODEL_ROUTES`] to spend the
+//! stricter model allowance; only [`exempt`] routes are not limited. Handlers then
+//! authenticate as before (a cache hit by then).
+//!
+//! When Redis fails or is slower than `RATE_LIMIT_REDIS_TIMEOUT_MS`, the gateway keeps
+//! limiting with governor buckets of its own (per subject, bounded memory), logs the
+//! outage once, sets `gateway_rate_limiter_fallback` to 1, probes Redis every second and
+//! goes back to the shared buckets when it answers. Meanwhile each replica limits on its
+//! own: N replicas allow up to N times the limit.
 
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use redis::Script;
+use redis::aio::MultiplexedConnection;
 
+use crate::auth::Caller;
+use crate::routes::AppState;
+use crate::settings::AuthMode;
+use crate::{ApiError, Settings};
+
+static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/gcra.lua")));
+
+/// Routes that call the model, as `METHOD /matched/path`: the user's
+/// `RATE_LIMIT_PER_MINUTE` (or their own) applies. Every other route not exempt spends
+/// the read allowance.
+pub const MODEL_ROUTES: &[&str] = &[
+    "POST /chat",
+    "POST /chat/stream",
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /conversations/{conversation_id}/messages",
+];
+
+/// Routes nobody is limited on: the page, the health check, and the admin API (its
+/// caller holds the admin key, not a user's).
+fn exempt(route: &str) -> bool {
+    matches!(route, "/" | "/health") || route == "/admin" || route.starts_with("/admin/")
+}
+
+/// Which allowance a route spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A model call: `RATE_LIMIT_PER_MINUTE`, or the account's own rate.
+    Model,
+    /// Any other API request: `READ_RATE_LIMIT_PER_MINUTE`.
+    Read,
+    /// The login, whose caller has no credential yet: `ADDRESS_RATE_LIMIT_PER_MINUTE`
+    /// per client address.
+    Login,
+}
+
+impl Class {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Read => "read",
+            Self::Login => "anonymous",
+        }
+    }
+}
+
+/// The class of a request to a matched route; `None` for the exempt ones.
+pub fn class_of(method: &Method, route: &str) -> Option<Class> {
+    let model = MODEL_ROUTES.iter().any(|entry| {
+        entry
+            .split_once(' ')
+            .is_some_and(|(m, path)| m == method.as_str() && path == route)
+    });
+    if exempt(route) {
+        None
+    } else if model {
+        Some(Class::Model)
+    } else if route == "/auth/login" {
+        Some(Class::Login)
+    } else {
+        Some(Class::Read)
+    }
+}
+
+/// A pace: so many requests a minute, so many at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rate {
+    pub per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+impl Rate {
+    /// `None` (not limited) when `per_minute` is 0; a `burst` of 0 is one minute's worth.
+    pub fn new(per_minute: u32, burst: u32) -> Option<Self> {
+        let per_minute = NonZeroU32::new(per_minute)?;
+        Some(Self {
+            per_minute,
+            burst: NonZeroU32::new(burst).unwrap_or(per_minute),
+        })
+    }
+
+    fn interval_micros(self) -> u64 {
+        60_000_000 / u64::from(self.per_minute.get())
+    }
+}
+
+/// What the limiter answered for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub rate: Rate,
+    /// Requests still allowed right now.
+    pub remaining: u32,
+    /// Until the burst is whole again.
+    pub reset: Duration,
+    /// Until the next request is allowed (zero when this one was).
+    pub retry_after: Duration,
+}
+
+impl Decision {
+    fn write_headers(&self, headers: &mut HeaderMap) {
+        let seconds = |wait: Duration| wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert(
+            "x-ratelimit-limit",
+            HeaderValue::from(self.rate.per_minute.get()),
+        );
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(seconds(self.reset)));
+    }
+}
+
+/// The rates of each class, from the settings.
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    model: Option<Rate>,
+    read: Option<Rate>,
+    address: Option<Rate>,
+}
+
+/// A governor bucket of this process, for while Redis is away.
+type LocalBucket = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Subjects remembered by the fallback at most; beyond, the least recently used are dropped.
+const FALLBACK_CAPACITY: u64 = 100_000;
+/// A fallback bucket unused this long is dropped: whole again by then unless its burst
+/// takes longer to refill, in which case its subject starts afresh.
+const FALLBACK_IDLE: Duration = Duration::from_secs(300);
+/// How often Redis is probed during an outage.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The shared limiter, and this process's fallback.
 pub struct Limiter {
-    limiter: DefaultKeyedRateLimiter<String>,
+    rates: Rates,
+    redis: Redis,
+    prefix: String,
+    timeout: Duration,
+    mode: AuthMode,
+    proxies: TrustedProxies,
+    /// Redis failed and is not yet back: every check is answered locally.
+    degraded: Arc<AtomicBool>,
+    fallback: moka::sync::Cache<(String, Rate), Arc<LocalBucket>>,
     clock: DefaultClock,
 }
 
 impl Limiter {
-    /// `None` when `per_minute` is 0 (limiting off).
-    pub fn per_minute(per_minute: u32, burst: u32) -> Option<Self> {
-        let rate = NonZeroU32::new(per_minute)?;
-        let burst = NonZeroU32::new(burst).unwrap_or(rate);
-        Some(Self {
-            limiter: RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst)),
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !settings.redis_key_prefix.contains(['{', '}']),
+            "REDIS_KEY_PREFIX must not contain braces: they would change the keys' hash slots"
+        );
+        let timeout = Duration::from_millis(settings.rate_limit_redis_timeout_ms.max(1));
+        Ok(Self {
+            rates: Rates {
+                model: Rate::new(settings.rate_limit_per_minute, settings.rate_limit_burst),
+                read: Rate::new(settings.read_rate_limit_per_minute, 0),
+                address: Rate::new(settings.address_rate_limit_per_minute, 0),
+            },
+            redis: Redis::new(&settings.redis_addr)?,
+            prefix: settings.redis_key_prefix.clone(),
+            timeout,
+            mode: settings.auth_mode,
+            proxies: TrustedProxies::from_setting(&settings.trusted_proxies)?,
+            degraded: Arc::new(AtomicBool::new(false)),
+            fallback: moka::sync::Cache::builder()
+                .max_capacity(FALLBACK_CAPACITY)
+                .time_to_idle(FALLBACK_IDLE)
+                .build(),
             clock: DefaultClock::default(),
         })
     }
 
-    /// `Err(wait)` when `user`'s request must be refused, with how long until one is
-    /// allowed.
-    pub fn check(&self, user: &str) -> Result<(), Duration> {
-        self.limiter
-            .check_key(&user.to_owned())
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    /// Who a request of `class` is counted against, in which bucket, at what pace;
+    /// `None` when that class is not limited.
+    async fn subject(
+        &self,
+        state: &AppState,
+        class: Class,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Option<(String, Class, Rate)> {
+        let address = format!("addr:{client}");
+        // Everything without a credential from one address shares one bucket.
+        let anonymous = || {
+            self.rates
+                .address
+                .map(|rate| (address.clone(), Class::Login, rate))
+        };
+        if class == Class::Login {
+            return anonymous();
+        }
+        let class_rate = |caller: Option<&Caller>| match class {
+            Class::Model => caller
+                .and_then(|caller| caller.rate_limit_per_minute)
+                .and_then(|own| Rate::new(own, 0))
+                .or(self.rates.model),
+            _ => self.rates.read,
+        };
+        if self.mode == AuthMode::None {
+            // Anyone may name any user: the address is the only subject to trust.
+            return class_rate(None).map(|rate| (address.clone(), class, rate));
+        }
+        match state.auth.caller(headers).await {
+            Ok(Some(caller)) => class_rate(Some(&caller))
+                .map(|rate| (format!("user:{}", caller.user_id), class, rate)),
+            // No valid credential: the handler refuses it; meanwhile its address pays.
+            _ => anonymous(),
+        }
     }
 
-    /// Forgets the users whose buckets are full again, so memory follows the number of
-    /// recent users, not of all users ever seen. Called every minute.
-    pub fn forget_idle(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+    /// Counts one request of `subject` in `class`: in Redis, or locally while Redis is away.
+    pub async fn check(&self, subject: &str, class: Class, rate: Rate) -> Decision {
+        if !self.degraded.load(Ordering::Relaxed) {
+            let key = format!("{}ratelimit:{{{subject}}}:{}", self.prefix, class.label());
+            match self.check_shared(&key, rate).await {
+                Ok(decision) => return decision,
+                Err(error) => self.enter_fallback(&error),
+            }
+        }
+        self.check_local(subject, class, rate)
+    }
+
+    async fn check_shared(&self, key: &str, rate: Rate) -> Result<Decision, String> {
+        let call = async {
+            let mut connection = self.redis.connection().await?;
+            let mut invocation = GCRA.key(key);
+            invocation.arg(rate.interval_micros()).arg(rate.burst.get());
+            let answer = invocation
+                .invoke_async::<(i64, i64, i64, i64)>(&mut connection)
+                .await;
+            if answer.is_err() {
+                self.redis.forget();
+            }
+            answer.map_err(|error| error.to_string())
+        };
+        let timed = async {
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // A hung connection: the next check, or the probe, makes a new one.
+                    self.redis.forget();
+                    Err(format!("no answer within {} ms", self.timeout.as_millis()))
+                }
+            }
+        };
+        let (allowed, remaining, reset, retry_after) =
+            chat_common::observe::db("redis", "rate_limit", timed).await?;
+        let micros = |value: i64| Duration::from_micros(value.max(0).unsigned_abs());
+        Ok(Decision {
+            allowed: allowed == 1,
+            rate,
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+            reset: micros(reset),
+            retry_after: micros(retry_after),
+        })
+    }
+
+    fn check_local(&self, subject: &str, class: Class, rate: Rate) -> Decision {
+        let key = (format!("{}:{subject}", class.label()), rate);
+        let bucket = self.fallback.get_with(key, || {
+            let quota = Quota::with_period(Duration::from_micros(rate.interval_micros()))
+                .unwrap_or_else(|| Quota::per_minute(rate.per_minute))
+                .allow_burst(rate.burst);
+            Arc::new(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>())
+        });
+        let interval = Duration::from_micros(rate.interval_micros());
+        match bucket.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Decision {
+                    allowed: true,
+                    rate,
+                    remaining,
+                    reset: interval * (rate.burst.get().saturating_sub(remaining)),
+                    retry_after: Duration::ZERO,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Decision {
+                    allowed: false,
+                    rate,
+                    remaining: 0,
+                    reset: wait + interval * (rate.burst.get().saturating_sub(1)),
+                    retry_after: wait,
+                }
+            }
+        }
+    }
+
+    /// The first failure of an outage: said once, and a probe that ends it.
+    fn enter_fallback(&self, error: &str) {
+        if self.degraded.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            %error,
+            "rate limiter: redis failed, limiting in this process until it is back (each replica allows the full limit meanwhile)"
+        );
+        crate::metrics::rate_limiter_fallback(true);
+        let degraded = Arc::clone(&self.degraded);
+        let redis = self.redis.clone();
+        let timeout = self.timeout.max(Duration::from_millis(500));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                if Arc::strong_count(&degraded) == 1 {
+                    return;
+                }
+                if redis.ping(timeout).await {
+                    degraded.store(false, Ordering::Relaxed);
+                    crate::metrics::rate_limiter_fallback(false);
+                    tracing::info!(
+                        outage_seconds = started.elapsed().as_secs(),
+                        "rate limiter: redis is back, limits are shared again"
+                    );
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// One multiplexed connection to Redis shared by every check (no pool to wait for under
+/// load), made again after a failure.
+#[derive(Clone)]
+struct Redis {
+    client: redis::Client,
+    connection: Arc<std::sync::Mutex<Option<MultiplexedConnection>>>,
+}
+
+impl Redis {
+    fn new(addr: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: redis::Client::open(chat_common::redis::redis_url(addr))?,
+            connection: Arc::default(),
+        })
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        let kept = self.slot().clone();
+        if let Some(connection) = kept {
+            return Ok(connection);
+        }
+        let connection = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|error| error.to_string())?;
+        *self.slot() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the connection after a failure: the next check connects afresh.
+    fn forget(&self) {
+        *self.slot() = None;
+    }
+
+    async fn ping(&self, timeout: Duration) -> bool {
+        let ping = async {
+            let mut connection = self.connection().await.ok()?;
+            let pong = redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await;
+            if pong.is_err() {
+                self.forget();
+            }
+            pong.ok()
+        };
+        matches!(tokio::time::timeout(timeout, ping).await, Ok(Some(_)))
+    }
+}
+
+/// The middleware: every matched, non-exempt route is limited (see the module's doc).
+pub async fn enforce(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let client = ClientAddr::of(&state.limiter.proxies, &request);
+    request.extensions_mut().insert(client);
+    let class = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|route| class_of(request.method(), route.as_str()));
+    let Some(class) = class else {
+        return next.run(request).await;
+    };
+    let limiter = &state.limiter;
+    let Some((subject, bucket, rate)) = limiter
+        .subject(&state, class, request.headers(), client.0)
+        .await
+    else {
+        return next.run(request).await;
+    };
+    let decision = limiter.check(&subject, bucket, rate).await;
+    let mut response = if decision.allowed {
+        next.run(request).await
+    } else {
+        crate::metrics::rate_limited();
+        ApiError::RateLimited(decision.retry_after).into_response()
+    };
+    decision.write_headers(response.headers_mut());
+    response
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the
+/// nearest untrusted address of `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    fn of(proxies: &TrustedProxies, request: &Request) -> Self {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
+        Self(proxies.client(peer, request.headers()))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(client) = parts.extensions.get::<Self>() {
+            return Ok(*client);
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
+        Ok(Self(peer))
+    }
+}
+
+/// `TRUSTED_PROXIES`: addresses and CIDR ranges.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    ranges: Vec<(IpAddr, u8)>,
+}
+
+impl TrustedProxies {
+    pub fn from_setting(setting: &str) -> anyhow::Result<Self> {
+        let mut ranges = Vec::new();
+        for entry in setting.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (addr, bits) = entry.split_once('/').unwrap_or((entry, ""));
+            let addr: IpAddr = addr
+                .parse()
+                .map_err(|_| anyhow::anyhow!("TRUSTED_PROXIES: {entry:?} is not an address"))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let bits = if bits.is_empty() {
+                max
+            } else {
+                bits.parse()
+                    .ok()
+                    .filter(|bits| *bits <= max)
+                    .ok_or_else(|| anyhow::anyhow!("TRUSTED_PROXIES: bad prefix in {entry:?}"))?
+            };
+            ranges.push((addr, bits));
+        }
+        Ok(Self { ranges })
+    }
+
+    fn trusts(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        self.ranges.iter().any(|(net, bits)| match (net, addr) {
+            (IpAddr::V4(net), IpAddr::V4(addr)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
+                u32::from(*net) & mask == u32::from(addr) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(addr)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*bits)).unwrap_or(0);
+                u128::from(*net) & mask == u128::from(addr) & mask
+            }
+            _ => false,
+        })
+    }
+
+    /// Walks `X-Forwarded-For` from the right while the hops are trusted proxies.
+    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        let mut client = peer;
+        for hop in hops.into_iter().rev() {
+            let Ok(addr) = hop.parse::<IpAddr>() else {
+                break;
+            };
+            client = addr;
+            if !self.trusts(addr) {
+                break;
+            }
+        }
+        client
     }
 }
 
@@ -45,26 +559,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refuses_past_the_burst_per_user_and_says_how_long_to_wait() {
-        let limiter = Limiter::per_minute(3, 0);
-        let Some(limiter) = limiter else {
-            panic!("a positive rate makes a limiter");
-        };
-        for _ in 0..3 {
-            assert_eq!(limiter.check("a"), Ok(()));
-        }
-        let wait = limiter.check("a").err().unwrap_or_default();
-        assert!(
-            wait > Duration::from_secs(10) && wait <= Duration::from_secs(20),
-            "{wait:?}"
-        );
+    fn routes_are_limited_unless_exempt_and_model_routes_are_stricter() {
+        let (get, post) = (&Method::GET, &Method::POST);
+        assert_eq!(class_of(post, "/chat"), Some(Class::Model));
+        assert_eq!(class_of(post, "/v1/chat/completions"), Some(Class::Model));
+        assert_eq!(class_of(get, "/history"), Some(Class::Read));
+        assert_eq!(class_of(get, "/v1/models"), Some(Class::Read));
+        assert_eq!(class_of(get, "/conversations"), Some(Class::Read));
         assert_eq!(
-            limiter.check("b"),
-            Ok(()),
-            "another user has their own bucket"
+            class_of(get, "/conversations/{conversation_id}/messages"),
+            Some(Class::Read)
         );
-        limiter.forget_idle();
-        assert!(limiter.check("a").is_err(), "a user still limited is kept");
-        assert!(Limiter::per_minute(0, 0).is_none());
+        assert_eq!(class_of(post, "/auth/login"), Some(Class::Login));
+        assert_eq!(class_of(get, "/health"), None);
+        assert_eq!(class_of(get, "/admin/users/{user_id}"), None);
+    }
+
+    #[test]
+    fn a_zero_rate_is_off_and_a_zero_burst_is_a_minute() {
+        assert_eq!(Rate::new(0, 5), None);
+        let rate = Rate::new(3, 0);
+        assert_eq!(rate.map(|rate| rate.burst.get()), Some(3));
+        assert_eq!(rate.map(Rate::interval_micros), Some(20_000_000));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() -> anyhow::Result<()> {
+        let proxies = TrustedProxies::from_setting("10.0.0.0/8, ::1")?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.1.1.1"),
+        );
+        let proxy: IpAddr = "10.0.0.5".parse()?;
+        let stranger: IpAddr = "5.5.5.5".parse()?;
+        assert_eq!(
+            proxies.client(proxy, &headers),
+            "1.2.3.4".parse::<IpAddr>()?
+        );
+        assert_eq!(proxies.client(stranger, &headers), stranger);
+        assert_eq!(
+            proxies.client("::ffff:10.0.0.7".parse()?, &HeaderMap::new()),
+            "::ffff:10.0.0.7".parse::<IpAddr>()?
+        );
+        assert!(TrustedProxies::from_setting("10.0.0.0/33").is_err());
+        assert!(TrustedProxies::from_setting("nonsense").is_err());
+        Ok(())
     }
 }

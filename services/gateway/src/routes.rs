@@ -12,12 +12,13 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
+use crate::admission::Admission;
 use crate::auth::{AdminKey, Authenticator};
 use crate::chat::Policy;
 use crate::guard::Origins;
 use crate::login::CookieSecure;
 use crate::rate_limit::Limiter;
-use crate::{ApiError, Backends, Settings, admin, api, login};
+use crate::{ApiError, Backends, Settings, admin, api, conversations, login};
 
 /// The browser UI, compiled into the binary so an image needs no extra files.
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
@@ -28,7 +29,10 @@ pub struct AppState {
     pub policy: Policy,
     pub auth: Authenticator,
     pub admin: AdminKey,
-    pub limiter: Option<Limiter>,
+    /// The shared rate limiter, applied to every route by [`crate::rate_limit::enforce`].
+    pub limiter: Limiter,
+    /// The caps on streams at once, taken by each streaming handler.
+    pub admission: Admission,
     pub max_body_bytes: usize,
     pub cookie_secure: CookieSecure,
 }
@@ -43,7 +47,8 @@ impl AppState {
             ),
             admin: AdminKey::new(settings.admin_api_key.as_ref()),
             policy: Policy::from(settings),
-            limiter: Limiter::per_minute(settings.rate_limit_per_minute, settings.rate_limit_burst),
+            limiter: Limiter::new(settings)?,
+            admission: Admission::new(settings),
             max_body_bytes: settings.max_body_bytes,
             cookie_secure: CookieSecure::from_setting(&settings.cookie_secure)?,
             backends,
@@ -56,8 +61,23 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
     Router::new()
         .route("/chat", post(api::chat))
         .route("/chat/stream", post(api::chat_stream))
-        .route("/history", get(api::history))
+        .route("/history", get(api::history).delete(conversations::erase))
+        .route(
+            "/conversations",
+            post(conversations::create).get(conversations::list),
+        )
+        .route(
+            "/conversations/{conversation_id}",
+            get(conversations::get)
+                .patch(conversations::rename)
+                .delete(conversations::delete),
+        )
+        .route(
+            "/conversations/{conversation_id}/messages",
+            get(conversations::messages),
+        )
         .route("/quota", get(api::quota))
+        .route("/search", get(crate::search::search))
         .route("/auth/login", post(login::login))
         .route("/auth/logout", post(login::logout))
         .route("/auth/me", get(login::me))
@@ -71,6 +91,7 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
             post(admin::post_key).get(admin::get_keys),
         )
         .route("/admin/keys/{key_id}", delete(admin::delete_key))
+        .merge(crate::openai::routes(settings))
         .route("/health", get(health))
         .route("/", get(index))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -78,11 +99,18 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
             crate::guard::refuse_cross_site,
         ))
         .fallback(fallback)
+        // Every route above, and any merged or nested in before this line, is rate limited
+        // by its matched path (see `rate_limit::class_of`); unmatched paths are the UI.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::rate_limit::enforce,
+        ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(
             // One count for the whole router (not per route); past it, 503 at once.
             tower::ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    crate::metrics::shed(crate::metrics::Shed::Requests);
                     ApiError::Overloaded
                 }))
                 .load_shed()
@@ -90,6 +118,8 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
                     settings.max_concurrent_requests.max(1),
                 )),
         )
+        // Outside every layer that can refuse, so a /v1 client gets OpenAI's error shape.
+        .layer(axum::middleware::from_fn(crate::openai::openai_errors))
         .layer(axum::middleware::from_fn(crate::guard::security_headers))
         .layer(axum::middleware::from_fn(crate::observe::observe))
         .with_state(state)

@@ -2,7 +2,8 @@
 //! in-process with `AUTH_MODE=required`: a user made through the admin API logs in (after
 //! a wrong password), chats, keeps the session across a reload, and logs out; a session
 //! that ends under the page brings the login form back; too many wrong passwords say how
-//! long to wait; and `AUTH_MODE=none` says so.
+//! long to wait; `AUTH_MODE=none` says so; and a link to another user's conversation
+//! shows nothing of it.
 //!
 //! Like `browser.rs`: a screenshot per test in `target/browser-artifacts/<test>.png`, and
 //! without Chromium or chromedriver (or with `CHAT_SKIP_BROWSER_TESTS=1`) each test says
@@ -480,6 +481,92 @@ async fn without_authentication_the_page_says_anyone_can_be_anyone() -> anyhow::
             page == json!(["status", false, "u1", true, true, true, false]),
             "the User box and the chat, no login: {page}"
         );
+        Ok(())
+    }
+    .await;
+    browser.finish(outcome).await
+}
+
+#[tokio::test]
+async fn a_link_to_another_users_conversation_shows_nothing_of_it() -> anyhow::Result<()> {
+    let Some(browser) =
+        Browser::start("a_link_to_another_users_conversation_shows_nothing_of_it").await?
+    else {
+        return Ok(());
+    };
+    let stack = stack_with_alice(|_| {}).await?;
+    create_user(&stack, "bob", PASSWORD).await?;
+    let in_url = "new URLSearchParams(location.search).get('c')";
+    let conversation_in_url = format!("return {in_url}");
+    let outcome = async {
+        browser.open_login(&stack.base).await?;
+        browser.log_in("alice", PASSWORD).await?;
+        browser.signed_in_as("alice").await?;
+        browser.type_message("alice's secret plan").await?;
+        browser.type_message(&Key::Enter.to_string()).await?;
+        browser.replies_finished(1).await?;
+        let theirs = browser.js(&conversation_in_url).await?;
+        let theirs = theirs
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no ?c= after alice's message"))?
+            .to_owned();
+        let link = format!("{}/?c={theirs}", stack.base);
+
+        // Logging out forgets the conversation: nothing of it in the page or the address.
+        browser.click("#logout").await?;
+        browser.login_form_shown().await?;
+        let page = browser
+            .js(&format!(
+                "return [{in_url}, \
+                    document.querySelectorAll('#conversations .conv').length, \
+                    document.title]"
+            ))
+            .await?;
+        anyhow::ensure!(page == json!([null, 0, "Chat"]), "after the logout: {page}");
+
+        // bob, given alice's link: a clear message, an empty chat, none of her words.
+        browser.open_login(&link).await?;
+        browser.log_in("bob", PASSWORD).await?;
+        browser.signed_in_as("bob").await?;
+        let banner = browser
+            .wait_for(
+                "the error banner",
+                "const e = document.getElementById('error'); return !e.hidden && e.innerText",
+            )
+            .await?;
+        anyhow::ensure!(
+            banner
+                .as_str()
+                .is_some_and(|text| text.contains("not found")),
+            "bob is told: {banner}"
+        );
+        anyhow::ensure!(browser.messages().await?.is_empty());
+        let page = browser
+            .js(&format!(
+                "return [{in_url}, \
+                    document.querySelectorAll('#conversations .conv').length, \
+                    document.body.innerText.includes('secret')]"
+            ))
+            .await?;
+        anyhow::ensure!(page == json!([null, 0, false]), "bob's page: {page}");
+
+        // alice, given her own link after logging in, gets the conversation.
+        browser.click("#logout").await?;
+        browser.login_form_shown().await?;
+        browser.open_login(&link).await?;
+        browser.log_in("alice", PASSWORD).await?;
+        browser.signed_in_as("alice").await?;
+        anyhow::ensure!(
+            browser.messages().await?
+                == [
+                    owned("user", "alice's secret plan"),
+                    owned("assistant", "echo: alice's secret plan"),
+                ],
+            "alice's own link: {:?}",
+            browser.messages().await?
+        );
+        let url = browser.js(&conversation_in_url).await?;
+        anyhow::ensure!(url == theirs.as_str(), "the address keeps it: {url}");
         Ok(())
     }
     .await;

@@ -16,5 +16,8 @@ fn the_example_settings_file_loads_in_every_service() -> anyhow::Result<()> {
     assert_eq!(llm.openai_model, "gpt-4o-mini");
     let history: chat_history::Settings = from_toml(EXAMPLE)?;
     assert_eq!(history.history_cache_size, 40);
+    let keyword: chat_keyword::Settings = from_toml(EXAMPLE)?;
+    assert_eq!(keyword.keyword_listen, "0.0.0.0:50053");
+    assert_eq!(gateway.retrieval, chat_gateway::Switch::On);
     Ok(())
 }

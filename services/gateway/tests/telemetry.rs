@@ -1,5 +1,5 @@
 //! Observability of the real binaries, each in its own process as in production:
-//! one chat is one trace across all five services (received by an OTLP receiver built
+//! one chat is one trace across all six services (received by an OTLP receiver built
 //! on the official opentelemetry-proto definitions), an incoming `traceparent` is
 //! continued, every metric the dashboards and alert rules use is served with the labels
 //! they use, and a collector that goes away changes nothing for requests.
@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use reqwest::StatusCode;
 use serde_json::json;
 
-const SERVICES: [&str; 5] = ["gateway", "filter", "token", "llm", "history"];
+const SERVICES: [&str; 6] = ["gateway", "filter", "token", "llm", "history", "keyword"];
 
 /// A received span with the `service.name` of the process that sent it.
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ impl Receiver {
     }
 }
 
-/// The five services as processes from the debug binaries beside the gateway's, each
+/// The six services as processes from the debug binaries beside the gateway's, each
 /// exporting its spans to `collector`, and a client for them.
 struct Processes {
     stack: Stack,
@@ -199,7 +199,7 @@ impl Processes {
         Ok(trace_id)
     }
 
-    /// Metric name → every label name seen on it, over all five services.
+    /// Metric name → every label name seen on it, over all six services.
     async fn scrape(&self) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
         let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (service, url) in &self.stack.metrics {
@@ -284,7 +284,7 @@ async fn one_chat_is_one_trace_across_every_service_and_every_dashboard_metric_e
         .iter()
         .map(|span| (span.span_id.as_str(), span))
         .collect();
-    for service in ["filter", "token", "llm", "history"] {
+    for service in ["filter", "token", "llm", "history", "keyword"] {
         let servers: Vec<&Received> = spans
             .iter()
             .filter(|span| span.service == service && span.kind == SpanKind::Server as i32)
@@ -339,10 +339,21 @@ async fn one_chat_is_one_trace_across_every_service_and_every_dashboard_metric_e
             ))
         })
         .collect();
+    // Retrieval ran beside the filter and the context, and says what it found.
+    let retrieval = spans
+        .iter()
+        .find(|span| span.service == "gateway" && span.name == "retrieval")
+        .ok_or_else(|| anyhow::anyhow!("no retrieval span in {spans:#?}"))?;
+    assert_eq!(
+        retrieval.attributes.get("outcome").map(String::as_str),
+        Some("ok")
+    );
+    assert!(retrieval.attributes.contains_key("found"), "{retrieval:#?}");
     for expected in [
         ("token", "redis"),
         ("history", "mysql"),
         ("history", "redis"),
+        ("keyword", "mysql"),
     ] {
         assert!(
             databases.contains(&expected),

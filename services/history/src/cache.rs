@@ -1,4 +1,13 @@
-//! The Redis side: each user's most recent messages, newest first, as JSON.
+//! The Redis side: the most recent messages, newest first, as JSON, in two lists per
+//! user: across all their conversations (`history:{user}`, for `GET /history`) and per
+//! conversation (`history:{user}#{conversation}`, a chat's context). `#` cannot occur
+//! in a user id, so the two never collide. Each list has a version key beside it
+//! (`...:version`): a save bumps it, a delete removes it, and a refill writes only if it
+//! is unchanged since the refill's MySQL read began.
+//!
+//! The user id in the keys is a hash tag (`history:{u1}`, `history:{u1}#<conversation>`,
+//! their `:version`): every key a script touches is declared and in the user's one slot,
+//! so the scripts run on a Redis Cluster.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -11,6 +20,18 @@ use crate::metrics;
 
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/append.lua")));
 static REFILL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/refill.lua")));
+static VERSION: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/version.lua")));
+
+/// Which list: a user's recent messages across conversations, or one conversation's.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    User(&'a str),
+    Conversation {
+        user_id: &'a str,
+        conversation_id: &'a str,
+    },
+}
 
 /// One message as cached; the same fields MySQL holds, so both answers agree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,8 +83,14 @@ impl Cache {
         self.size
     }
 
-    fn keys(&self, user_id: &str) -> (String, String) {
-        let list = format!("{}history:{user_id}", self.prefix);
+    fn keys(&self, scope: Scope<'_>) -> (String, String) {
+        let list = match scope {
+            Scope::User(user_id) => format!("{}history:{{{user_id}}}", self.prefix),
+            Scope::Conversation {
+                user_id,
+                conversation_id,
+            } => format!("{}history:{{{user_id}}}#{conversation_id}", self.prefix),
+        };
         let version = format!("{list}:version");
         (list, version)
     }
@@ -88,10 +115,10 @@ impl Cache {
     /// The newest `limit` messages, newest first, or `None` on a miss.
     pub async fn recent(
         &self,
-        user_id: &str,
+        scope: Scope<'_>,
         limit: u32,
     ) -> Result<Option<Vec<CachedMessage>>, CacheError> {
-        let (list, _) = self.keys(user_id);
+        let (list, _) = self.keys(scope);
         let raw: Vec<String> = self
             .run("lrange", async |connection| {
                 redis::cmd("LRANGE")
@@ -114,27 +141,27 @@ impl Cache {
     }
 
     /// The version to hand to [`Cache::refill`] after reading MySQL.
-    pub async fn version(&self, user_id: &str) -> Result<String, CacheError> {
-        let (_, version) = self.keys(user_id);
-        let current: Option<String> = self
-            .run("get", async |connection| {
-                redis::cmd("GET")
-                    .arg(&version)
-                    .query_async(connection)
-                    .await
-            })
-            .await?;
-        Ok(current.unwrap_or_else(|| "0".to_owned()))
+    pub async fn version(&self, scope: Scope<'_>) -> Result<String, CacheError> {
+        let (_, version) = self.keys(scope);
+        // Below 2^52: INCR keeps working on it, and a save's INCR of a missing key ("1")
+        // cannot meet it.
+        let fresh = (uuid::Uuid::new_v4().as_u64_pair().0 >> 12) | (1 << 32);
+        let mut invocation = VERSION.key(version);
+        invocation.arg(fresh).arg(self.ttl_secs);
+        self.run("version", async |connection| {
+            invocation.invoke_async(connection).await
+        })
+        .await
     }
 
     /// Caches `newest_first` unless a save happened since `version` was read.
     pub async fn refill(
         &self,
-        user_id: &str,
+        scope: Scope<'_>,
         version: &str,
         newest_first: &[CachedMessage],
     ) -> Result<bool, CacheError> {
-        let (list, version_key) = self.keys(user_id);
+        let (list, version_key) = self.keys(scope);
         let items = newest_first
             .iter()
             .map(serde_json::to_string)
@@ -154,21 +181,29 @@ impl Cache {
         Ok(stored == 1)
     }
 
-    /// Records saved messages (oldest first) after their MySQL commit.
+    /// Records saved messages (oldest first) after their MySQL commit, in the user's
+    /// list and in their conversation's.
     pub async fn append(
         &self,
         user_id: &str,
+        conversation_id: &str,
         oldest_first: &[CachedMessage],
     ) -> Result<(), CacheError> {
-        let (list, version_key) = self.keys(user_id);
+        let (user_list, user_version) = self.keys(Scope::User(user_id));
+        let (list, version) = self.keys(Scope::Conversation {
+            user_id,
+            conversation_id,
+        });
         let items = oldest_first
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(CacheError::Json)?;
-        let mut invocation = APPEND.key(list);
+        let mut invocation = APPEND.key(user_list);
         invocation
-            .key(version_key)
+            .key(user_version)
+            .key(list)
+            .key(version)
             .arg(self.ttl_secs)
             .arg(self.size)
             .arg(items);
@@ -179,4 +214,82 @@ impl Cache {
             .await?;
         Ok(())
     }
+
+    /// Drops the cached lists of these conversations, and the user's list (it holds
+    /// their messages too), versions included, so no refill that read MySQL before the
+    /// delete can write.
+    pub async fn forget(
+        &self,
+        user_id: &str,
+        conversation_ids: &[String],
+    ) -> Result<(), CacheError> {
+        let mut keys = Vec::with_capacity(2 + 2 * conversation_ids.len());
+        let (list, version) = self.keys(Scope::User(user_id));
+        keys.extend([list, version]);
+        for conversation_id in conversation_ids {
+            let (list, version) = self.keys(Scope::Conversation {
+                user_id,
+                conversation_id,
+            });
+            keys.extend([list, version]);
+        }
+        for chunk in keys.chunks(512) {
+            let _: i64 = self
+                .run("del", async |connection| {
+                    redis::cmd("DEL").arg(chunk).query_async(connection).await
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Drops every cached list of the user, whether MySQL still knows its conversation
+    /// or not (a retried erase whose first attempt could not reach Redis).
+    pub async fn forget_user(&self, user_id: &str) -> Result<(), CacheError> {
+        let (list, _) = self.keys(Scope::User(user_id));
+        let pattern = format!("{}#*", glob_escape(&list));
+        let mut cursor = 0_u64;
+        let mut found = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .run("scan", async |connection| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(connection)
+                        .await
+                })
+                .await?;
+            found.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let (list, version) = self.keys(Scope::User(user_id));
+        found.extend([list, version]);
+        for chunk in found.chunks(512) {
+            let _: i64 = self
+                .run("del", async |connection| {
+                    redis::cmd("DEL").arg(chunk).query_async(connection).await
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `text` matched literally by Redis's glob patterns (the key prefix is configurable).
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }

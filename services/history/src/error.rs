@@ -15,8 +15,24 @@ pub enum HistoryError {
     BadMessageCount,
     #[error("only user and assistant messages are kept")]
     BadRole,
+    /// Unknown, malformed, or another user's: the caller cannot tell which.
+    #[error("no such conversation")]
+    ConversationNotFound,
+    #[error("a title is 1 to {} characters", crate::conversations::MAX_TITLE_CHARS)]
+    BadTitle,
+    #[error(
+        "a conversation key is 1 to {} characters",
+        crate::conversations::MAX_KEY_CHARS
+    )]
+    BadConversationKey,
+    #[error("the cursor is not one this service gave")]
+    BadCursor,
+    /// MySQL has forgotten what was deleted, but the cache could not be cleared: the
+    /// caller retries.
+    #[error("deleted, but the cache could not be cleared; retry")]
+    CacheNotCleared,
     #[error("history store failed: {0}")]
-    Mysql(mysql_async::Error),
+    Mysql(#[from] mysql_async::Error),
     #[error("history store: no MySQL connection in time")]
     NoConnectionInTime,
     #[error("history store: MySQL read timed out")]
@@ -36,13 +52,20 @@ pub enum HistoryError {
 impl HistoryError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BadUserId(_) | Self::BadMessageCount | Self::BadRole => ErrorCode::BadRequest,
+            Self::BadUserId(_)
+            | Self::BadMessageCount
+            | Self::BadRole
+            | Self::BadTitle
+            | Self::BadConversationKey
+            | Self::BadCursor => ErrorCode::BadRequest,
+            Self::ConversationNotFound => ErrorCode::NotFound,
             // Timeouts too: the caller cannot tell a slow MySQL from a missing one.
             Self::Mysql(_)
             | Self::NoConnectionInTime
             | Self::ReadTimedOut
             | Self::WriteTimedOut
-            | Self::WriterStopped => ErrorCode::Unavailable,
+            | Self::WriterStopped
+            | Self::CacheNotCleared => ErrorCode::Unavailable,
             Self::NoInsertId | Self::WriterDroppedSave => ErrorCode::Internal,
         }
     }

@@ -1,19 +1,21 @@
-//! History service (:50054): every message in MySQL, the most recent ones of each user
-//! cached in Redis.
+//! History service (:50054): every message in MySQL, in the user's conversations; the
+//! most recent ones of each user, and of each conversation, cached in Redis.
 //!
-//! `Save` writes MySQL first (the source of truth), then appends to the cached list if
-//! there is one. `List` answers oldest first whether it read the cache or MySQL; a miss
+//! `Save` writes MySQL first (the source of truth), then appends to the cached lists if
+//! there are any. `List` answers oldest first whether it read the cache or MySQL; a miss
 //! refills the cache. A per-user version counter keeps a refill that raced a save from
 //! caching a list without the saved messages. The schema is created and upgraded by the
 //! versioned migrations in `deploy/mysql/migrations` at start.
 //!
-//! The request path is `store.rs`; `service.rs` is the gRPC edge over it.
+//! The request path is `store.rs`, conversations are `conversations.rs`; `service.rs`
+//! is the gRPC edge over them.
 //!
 //! The same server answers the `AccountService` (users, API keys, logins, sessions),
 //! since this service already owns MySQL and Redis: see `accounts/`.
 
 mod accounts;
 mod cache;
+mod conversations;
 mod dsn;
 mod error;
 mod metrics;

@@ -49,6 +49,16 @@ const MIGRATIONS: &[Migration] = &[
         name: "exact_user_ids",
         sql: include_str!("../../../deploy/mysql/migrations/0005_exact_user_ids.sql"),
     },
+    Migration {
+        version: 6,
+        name: "conversations",
+        sql: include_str!("../../../deploy/mysql/migrations/0006_conversations.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "keyword_index",
+        sql: include_str!("../../../deploy/mysql/migrations/0007_keyword_index.sql"),
+    },
 ];
 
 const LOCK: &str = "chat_history_migrations";

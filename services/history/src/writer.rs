@@ -1,5 +1,7 @@
-//! Group commit: saves that arrive together become one multi-row INSERT, one round trip
-//! and one commit for all of them. A batch is whatever is waiting when a writer becomes
+//! Group commit: saves that arrive together become one transaction: one UPDATE per
+//! conversation they go to (its message count, last activity and, while it has none,
+//! its title), then one multi-row INSERT, and one commit for all of them. A conversation
+//! that is gone (deleted meanwhile, or never the user's) fails only its own saves. A batch is whatever is waiting when a writer becomes
 //! free, so a lone save goes out at once and a burst shares its commits. Every caller
 //! gets its answer only after the commit: a reply is never acknowledged before its
 //! history is safe.
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use chat_proto::Role;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Pool, Value};
+use mysql_async::{Pool, TxOpts, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::cache::CachedMessage;
@@ -21,9 +23,17 @@ type Saved = Result<Vec<CachedMessage>, HistoryError>;
 /// One message to save: its role, its text, and whether it was cut short.
 pub type Row = (Role, String, bool);
 
+/// What one `Save` commits.
+pub struct Save {
+    pub user_id: String,
+    pub conversation_id: String,
+    /// The title the conversation takes if it has none yet (empty: no change).
+    pub title: String,
+    pub rows: Vec<Row>,
+}
+
 struct Job {
-    user_id: String,
-    rows: Vec<Row>,
+    save: Save,
     done: oneshot::Sender<Saved>,
 }
 
@@ -48,14 +58,11 @@ impl Writer {
         Self { jobs }
     }
 
-    /// Saves `rows` of one user, answering once they are committed.
-    pub async fn save(&self, user_id: &str, rows: Vec<Row>) -> Saved {
+    /// Saves the rows of one user into their conversation, answering once they are
+    /// committed.
+    pub async fn save(&self, save: Save) -> Saved {
         let (done, answer) = oneshot::channel();
-        let job = Job {
-            user_id: user_id.to_owned(),
-            rows,
-            done,
-        };
+        let job = Job { save, done };
         self.jobs
             .send(job)
             .await
@@ -81,12 +88,12 @@ async fn write_batches(
 async fn next_batch(queue: &Mutex<mpsc::Receiver<Job>>, max_rows: usize) -> Option<Vec<Job>> {
     let mut queue = queue.lock().await;
     let first = queue.recv().await?;
-    let mut rows = first.rows.len();
+    let mut rows = first.save.rows.len();
     let mut batch = vec![first];
     while rows < max_rows {
         match queue.try_recv() {
             Ok(job) => {
-                rows += job.rows.len();
+                rows += job.save.rows.len();
                 batch.push(job);
             }
             Err(_) => break,
@@ -95,12 +102,13 @@ async fn next_batch(queue: &Mutex<mpsc::Receiver<Job>>, max_rows: usize) -> Opti
     Some(batch)
 }
 
-/// Inserts `batch` and answers each of its callers.
+/// Commits `batch` and answers each of its callers.
 async fn commit(pool: &Pool, timeout: Duration, batch: Vec<Job>) {
-    let error = match insert(pool, timeout, &batch).await {
+    let saves: Vec<&Save> = batch.iter().map(|job| &job.save).collect();
+    let error = match write(pool, timeout, &saves).await {
         Ok(saved) => {
             for (job, saved) in batch.into_iter().zip(saved) {
-                let _ = job.done.send(Ok(saved));
+                let _ = job.done.send(saved);
             }
             return;
         }
@@ -113,53 +121,63 @@ async fn commit(pool: &Pool, timeout: Duration, batch: Vec<Job>) {
         // One bad save must not fail the others: retry each on its own.
         Err(batch) => {
             for job in batch {
-                let saved = insert(pool, timeout, std::slice::from_ref(&job))
-                    .await
-                    .map(|mut saved| saved.pop().unwrap_or_default());
+                let saved = match write(pool, timeout, &[&job.save]).await {
+                    Ok(mut saved) => saved.pop().unwrap_or(Err(HistoryError::NoInsertId)),
+                    Err(error) => Err(error),
+                };
                 let _ = job.done.send(saved);
             }
         }
     }
 }
 
-/// One INSERT for every row of `batch`, in order; answers the saved rows of each job.
-async fn insert(
+/// One transaction for `saves`: each answers its saved rows, or that its conversation
+/// is gone. `Err` when the transaction itself failed.
+async fn write(
     pool: &Pool,
     timeout: Duration,
-    batch: &[Job],
-) -> Result<Vec<Vec<CachedMessage>>, HistoryError> {
+    saves: &[&Save],
+) -> Result<Vec<Saved>, HistoryError> {
     let now_ms = unix_now_ms();
-    let rows: usize = batch.iter().map(|job| job.rows.len()).sum();
-    let placeholders = vec!["(?, ?, ?, FROM_UNIXTIME(? / 1000), ?)"; rows].join(", ");
-    let sql = format!(
-        "INSERT INTO chat_history (user_id, role, text, created_at, incomplete) VALUES {placeholders}"
-    );
-    let mut params = Vec::with_capacity(rows * 5);
-    for job in batch {
-        for (role, text, incomplete) in &job.rows {
-            params.push(Value::from(job.user_id.as_str()));
-            params.push(Value::from(role_name(*role)));
-            params.push(Value::from(text.as_str()));
-            params.push(Value::from(now_ms));
-            params.push(Value::from(*incomplete));
-        }
-    }
-    let write = async {
+    let work = async {
         let mut connection = pool.get_conn().await?;
-        connection.exec_drop(sql, params).await?;
-        Ok::<_, mysql_async::Error>(connection.last_insert_id())
+        let mut transaction = connection.start_transaction(TxOpts::default()).await?;
+        let missing = touch_conversations(&mut transaction, saves, now_ms).await?;
+        let kept: Vec<&Save> = saves
+            .iter()
+            .copied()
+            .filter(|save| !is_missing(&missing, save))
+            .collect();
+        let first_id = if kept.is_empty() {
+            None
+        } else {
+            let (sql, params) = insert_statement(&kept, now_ms);
+            transaction.exec_drop(sql, params).await?;
+            transaction.last_insert_id()
+        };
+        transaction.commit().await?;
+        Ok::<_, mysql_async::Error>((missing, first_id))
     };
-    let first_id = tokio::time::timeout(timeout, write)
+    let (missing, first_id) = tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| HistoryError::WriteTimedOut)?
-        .map_err(HistoryError::Mysql)?
-        .ok_or(HistoryError::NoInsertId)?;
+        .map_err(HistoryError::Mysql)?;
     // One multi-row INSERT gets consecutive ids ("simple insert" in InnoDB's terms).
-    let mut next_id = first_id as i64;
-    Ok(batch
+    let mut next_id = match first_id {
+        Some(id) => id as i64,
+        None if saves.iter().any(|save| !is_missing(&missing, save)) => {
+            return Err(HistoryError::NoInsertId);
+        }
+        None => 0,
+    };
+    Ok(saves
         .iter()
-        .map(|job| {
-            job.rows
+        .map(|save| {
+            if is_missing(&missing, save) {
+                return Err(HistoryError::ConversationNotFound);
+            }
+            Ok(save
+                .rows
                 .iter()
                 .map(|(role, text, incomplete)| {
                     let id = next_id;
@@ -172,9 +190,88 @@ async fn insert(
                         incomplete: *incomplete,
                     }
                 })
-                .collect()
+                .collect())
         })
         .collect())
+}
+
+/// Conversations not found, each with the user who named it.
+type Missing = Vec<(String, String)>;
+
+fn is_missing(missing: &Missing, save: &Save) -> bool {
+    missing
+        .iter()
+        .any(|(id, user_id)| *id == save.conversation_id && *user_id == save.user_id)
+}
+
+/// Counts the new messages into their conversations, in id order (so two batches lock
+/// them in the same order), and answers the conversations that are not there, or not
+/// their user's.
+async fn touch_conversations(
+    transaction: &mut mysql_async::Transaction<'_>,
+    saves: &[&Save],
+    now_ms: i64,
+) -> Result<Missing, mysql_async::Error> {
+    let mut conversations: Vec<(&str, &str, usize, &str)> = Vec::new();
+    for save in saves {
+        match conversations
+            .iter_mut()
+            .find(|(id, user, _, _)| *id == save.conversation_id && *user == save.user_id)
+        {
+            Some((_, _, count, title)) => {
+                *count += save.rows.len();
+                if title.is_empty() {
+                    *title = &save.title;
+                }
+            }
+            None => conversations.push((
+                &save.conversation_id,
+                &save.user_id,
+                save.rows.len(),
+                &save.title,
+            )),
+        }
+    }
+    conversations.sort_unstable_by_key(|(id, ..)| *id);
+    let mut missing = Vec::new();
+    for (id, user_id, count, title) in conversations {
+        transaction
+            .exec_drop(
+                "UPDATE conversations
+                 SET message_count = message_count + ?,
+                     updated_at = GREATEST(updated_at, FROM_UNIXTIME(? / 1000)),
+                     title = IF(title = '', ?, title)
+                 WHERE id = ? AND user_id = ?",
+                (count as u64, now_ms, title, id, user_id),
+            )
+            .await?;
+        // The count always changes, so a row found is a row affected.
+        if transaction.affected_rows() == 0 {
+            missing.push((id.to_owned(), user_id.to_owned()));
+        }
+    }
+    Ok(missing)
+}
+
+/// One INSERT for every row of `saves`, in order.
+fn insert_statement(saves: &[&Save], now_ms: i64) -> (String, Vec<Value>) {
+    let rows: usize = saves.iter().map(|save| save.rows.len()).sum();
+    let placeholders = vec!["(?, ?, ?, ?, FROM_UNIXTIME(? / 1000), ?)"; rows].join(", ");
+    let sql = format!(
+        "INSERT INTO chat_history (user_id, conversation_id, role, text, created_at, incomplete) VALUES {placeholders}"
+    );
+    let mut params = Vec::with_capacity(rows * 6);
+    for save in saves {
+        for (role, text, incomplete) in &save.rows {
+            params.push(Value::from(save.user_id.as_str()));
+            params.push(Value::from(save.conversation_id.as_str()));
+            params.push(Value::from(role_name(*role)));
+            params.push(Value::from(text.as_str()));
+            params.push(Value::from(now_ms));
+            params.push(Value::from(*incomplete));
+        }
+    }
+    (sql, params)
 }
 
 pub fn role_name(role: Role) -> &'static str {
@@ -184,7 +281,7 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn unix_now_ms() -> i64 {
+pub fn unix_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)

@@ -30,6 +30,7 @@ async fn save(history: &History, user: &str, turns: &[(Role, &str)]) -> anyhow::
         .save(Request::new(SaveRequest {
             user_id: user.into(),
             messages,
+            ..SaveRequest::default()
         }))
         .await?
         .into_inner()
@@ -41,6 +42,7 @@ async fn list(history: &History, user: &str, limit: u32) -> anyhow::Result<ListR
         .list(Request::new(ListRequest {
             user_id: user.into(),
             limit,
+            ..ListRequest::default()
         }))
         .await?
         .into_inner())
@@ -206,6 +208,7 @@ async fn an_incomplete_reply_stays_marked_in_mysql_and_in_the_cache() -> anyhow:
         .save(Request::new(SaveRequest {
             user_id: "u1".into(),
             messages,
+            ..SaveRequest::default()
         }))
         .await?;
     for expect_cache in [false, true] {

@@ -12,6 +12,9 @@ pub enum LlmError {
     /// The request cannot be completed as sent.
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A request field the provider's API cannot take; the text names it.
+    #[error("{0}")]
+    InvalidRequest(String),
     /// The provider is rate limited or overloaded: worth another try after a pause.
     /// The retry policy turns it into one of the two below when it gives up.
     #[error("provider rate limited: {0}")]
@@ -37,7 +40,7 @@ pub enum LlmError {
 impl LlmError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::BadRequest(_) | Self::InvalidRequest(_) => ErrorCode::BadRequest,
             Self::Transient(_) | Self::RateLimited { .. } | Self::RateLimitedAtDeadline(_) => {
                 ErrorCode::RateLimited
             }
@@ -69,6 +72,11 @@ mod tests {
                 LlmError::BadRequest("messages must end with a non-empty user message"),
                 Code::InvalidArgument,
                 "messages must end with a non-empty user message",
+            ),
+            (
+                LlmError::InvalidRequest("the provider refused the request: 400 bad seed".into()),
+                Code::InvalidArgument,
+                "the provider refused the request: 400 bad seed",
             ),
             (
                 LlmError::RateLimited {

@@ -4,7 +4,14 @@
 //! Upstream rate limits are retried with exponential backoff and jitter while the
 //! caller's deadline allows, then answered `RESOURCE_EXHAUSTED`; an account without
 //! credit is `FAILED_PRECONDITION`; a provider that does not answer in time is
-//! `DEADLINE_EXCEEDED`; anything else is `INTERNAL`, with no secret in the message.
+//! `DEADLINE_EXCEEDED`; a request the provider's API cannot take, or that the provider
+//! refused as sent (400), is `INVALID_ARGUMENT`; anything else is `INTERNAL`, with no
+//! secret in the message.
+//!
+//! Besides the conversation, a request may name the model (else `OPENAI_MODEL`) and carry
+//! OpenAI's options (sampling, stop, seed, response format, tools and tool choice), which
+//! are passed to the provider as given; tool calls and the finish reason come back, whole
+//! or streamed. Every stream asks the provider for its usage.
 //! Without `OPENAI_API_KEY` a built-in mock answers, so the system works with no account.
 //!
 //! A request goes through `service.rs` (the gRPC edge), `retry.rs`, then a provider

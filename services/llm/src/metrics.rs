@@ -49,9 +49,10 @@ impl From<&LlmError> for Outcome {
             | LlmError::RateLimitedAtDeadline(_) => Self::RateLimited,
             LlmError::InsufficientQuota(_) => Self::InsufficientQuota,
             LlmError::Timeout => Self::Timeout,
-            LlmError::BadRequest(_) | LlmError::StreamBroken(_) | LlmError::Provider(_) => {
-                Self::Error
-            }
+            LlmError::BadRequest(_)
+            | LlmError::InvalidRequest(_)
+            | LlmError::StreamBroken(_)
+            | LlmError::Provider(_) => Self::Error,
         }
     }
 }

@@ -21,8 +21,8 @@ use crate::Settings;
 use crate::error::LlmError;
 use crate::metrics::{self, Outcome};
 use crate::provider::{
-    self, Completion, EventStream, Message, Provider, ProviderKind, Reply, Role, StreamEvent,
-    Usage, counted_usage,
+    self, Completion, EventStream, Message, Options, Provider, ProviderKind, Reply, Role,
+    StreamEvent, ToolCall, ToolCallDelta, Usage, counted_usage,
 };
 use crate::retry::RetryPolicy;
 
@@ -66,23 +66,40 @@ impl Llm {
     }
 
     fn completion(&self, request: CompleteRequest) -> Result<Completion, LlmError> {
-        let ends_with_user = request.messages.last().is_some_and(|message| {
-            message.role() == chat_proto::Role::User && !message.content.is_empty()
-        });
-        if !ends_with_user {
-            return Err(LlmError::BadRequest(
-                "messages must end with a non-empty user message",
-            ));
+        let has_text = request
+            .messages
+            .iter()
+            .any(|message| !message.content.is_empty() || !message.tool_calls.is_empty());
+        if !has_text {
+            return Err(LlmError::BadRequest("messages must not be empty"));
         }
         let max_tokens = match request.max_tokens {
             0 => self.max_output_tokens,
             asked => asked,
         };
+        let model = match request.model.trim() {
+            "" => self.provider.model().to_owned(),
+            asked => asked.to_owned(),
+        };
+        let options = Options {
+            temperature: request.temperature,
+            top_p: request.top_p,
+            stop: request.stop,
+            seed: request.seed,
+            presence_penalty: request.presence_penalty,
+            frequency_penalty: request.frequency_penalty,
+            parallel_tool_calls: request.parallel_tool_calls,
+            end_user: request.end_user,
+            response_format: json_field("response_format", &request.response_format_json)?,
+            tools: json_field("tools", &request.tools_json)?,
+            tool_choice: json_field("tool_choice", &request.tool_choice_json)?,
+        };
         let messages = request.messages.into_iter().map(message_of).collect();
         Ok(Completion {
-            model: self.provider.model().to_owned(),
+            model,
             messages,
             max_tokens,
+            options,
         })
     }
 
@@ -272,6 +289,25 @@ impl Relay {
                         return self.cut_short(&model, &reply);
                     }
                 }
+                StreamEvent::ToolCall(call) => {
+                    reply.push_str(&call.arguments);
+                    let chunk = CompleteChunk {
+                        tool_calls: vec![proto_tool_call_delta(call)],
+                        ..CompleteChunk::default()
+                    };
+                    if self.sender.send(Ok(chunk)).await.is_err() {
+                        return self.cut_short(&model, &reply);
+                    }
+                }
+                StreamEvent::Finish(finish_reason) => {
+                    let chunk = CompleteChunk {
+                        finish_reason,
+                        ..CompleteChunk::default()
+                    };
+                    if self.sender.send(Ok(chunk)).await.is_err() {
+                        return self.cut_short(&model, &reply);
+                    }
+                }
                 StreamEvent::Model(name) => model = name,
                 StreamEvent::Usage(usage) => return self.finish(usage, model).await,
             }
@@ -281,9 +317,9 @@ impl Relay {
     async fn finish(self, usage: Usage, model: String) {
         self.call.finish(Outcome::Ok, &model, Some(usage));
         let last = CompleteChunk {
-            delta: String::new(),
             usage: Some(proto_usage(usage)),
             model,
+            ..CompleteChunk::default()
         };
         let _ = self.sender.send(Ok(last)).await;
     }
@@ -307,23 +343,66 @@ impl Relay {
     }
 }
 
+/// A JSON option as the gateway passed it on; empty is unset.
+fn json_field(name: &str, text: &str) -> Result<Option<serde_json::Value>, LlmError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|error| LlmError::InvalidRequest(format!("{name} is not valid JSON: {error}")))
+}
+
 fn message_of(message: chat_proto::ChatMessage) -> Message {
     let role = match message.role() {
         chat_proto::Role::System => Role::System,
         chat_proto::Role::Assistant => Role::Assistant,
+        chat_proto::Role::Tool => Role::Tool,
         chat_proto::Role::User | chat_proto::Role::Unspecified => Role::User,
     };
+    let tool_calls = message
+        .tool_calls
+        .into_iter()
+        .map(|call| ToolCall {
+            id: call.id,
+            name: call.name,
+            arguments: call.arguments,
+        })
+        .collect();
     Message {
         role,
         content: message.content,
+        tool_calls,
+        tool_call_id: message.tool_call_id,
+        name: message.name,
     }
 }
 
 fn response_of(reply: Reply) -> CompleteResponse {
+    let tool_calls = reply
+        .tool_calls
+        .into_iter()
+        .map(|call| chat_proto::ToolCall {
+            id: call.id,
+            name: call.name,
+            arguments: call.arguments,
+        })
+        .collect();
     CompleteResponse {
         reply: reply.text,
         usage: Some(proto_usage(reply.usage)),
         model: reply.model,
+        tool_calls,
+        finish_reason: reply.finish_reason,
+    }
+}
+
+fn proto_tool_call_delta(call: ToolCallDelta) -> chat_proto::ToolCallDelta {
+    chat_proto::ToolCallDelta {
+        index: call.index,
+        id: call.id,
+        name: call.name,
+        arguments: call.arguments,
     }
 }
 

@@ -11,11 +11,13 @@
 
 mod mysql;
 pub mod openai;
+mod own_redis;
 mod redis;
 pub mod stack;
 
 pub use mysql::{TestDatabase, mysql_server_url};
 pub use openai::{FakeOpenAi, FixedReply, Marks, Upstream};
+pub use own_redis::OwnRedis;
 pub use redis::{TestRedis, redis_addr};
 
 /// Runs an async clean-up from `Drop`, on a thread of its own so it works whether or

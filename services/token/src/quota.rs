@@ -1,5 +1,11 @@
 //! The quota itself. Reserving, settling and sweeping are each one Lua script, so the
 //! check and the change happen atomically in Redis, whatever other replicas do.
+//!
+//! Every key a script touches is declared and belongs to one user, hash-tagged
+//! `{user}` (`token:{u1}:2026-11-26`, `reservation:{u1}:<id>`, `reservations:{u1}:pending`),
+//! so each script runs in one slot of a Redis Cluster. The one key across users,
+//! `reservations:due` (the users with pending reservations, by earliest deadline), is
+//! touched by plain commands only, outside the scripts.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -22,7 +28,8 @@ static RESERVE: LazyLock<Script> =
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/settle.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/sweep.lua")));
 
-/// Reservations refunded per sweep script call, to keep each call short.
+/// Reservations refunded per sweep script call, and users visited per round, to keep
+/// each call short.
 const SWEEP_BATCH: usize = 100;
 
 /// The quota store; cheap to clone.
@@ -44,6 +51,8 @@ struct Inner {
 /// Today in the configured time zone.
 struct Day {
     date: String,
+    /// The day before: a reservation made before midnight is settled against its day.
+    yesterday: String,
     reset_after_seconds: i64,
 }
 
@@ -58,6 +67,10 @@ impl Quota {
         anyhow::ensure!(
             settings.daily_limit >= 0,
             "DAILY_LIMIT must not be negative"
+        );
+        anyhow::ensure!(
+            !settings.redis_key_prefix.contains(['{', '}']),
+            "REDIS_KEY_PREFIX must not contain braces: they would change the keys' hash slots"
         );
         anyhow::ensure!(
             settings.reservation_ttl_secs > 0,
@@ -94,15 +107,34 @@ impl Quota {
         let mut invocation = RESERVE.key(self.quota_key(&request.user_id, &day.date));
         invocation
             .key(self.reservation_key(&request.user_id, &request.reservation_id))
-            .key(self.pending_key())
+            .key(self.pending_key(&request.user_id))
             .arg(request.tokens)
             .arg(limit)
             .arg(self.inner.key_ttl_secs)
             .arg(deadline_ms);
-        let (granted, used): (i64, i64) = self
+        let (granted, used, first): (i64, i64, i64) = self
             .redis("reserve", invocation.invoke_async(&mut connection))
             .await?;
         let granted = granted == 1;
+        if first == 1 {
+            // After the script, never before: the sweeper drops a user only once their
+            // pending set is empty, then looks again (see `sweep_user`).
+            let listed = self
+                .redis(
+                    "zadd",
+                    redis::cmd("ZADD")
+                        .arg(self.due_key())
+                        .arg("LT")
+                        .arg(deadline_ms)
+                        .arg(&request.user_id)
+                        .query_async::<i64>(&mut connection),
+                )
+                .await;
+            if let Err(error) = listed {
+                // The reservation stands; only an abandoned one would wait for the next.
+                tracing::warn!(user_id = %request.user_id, %error, "listing the user for the sweeper failed");
+            }
+        }
         metrics::reservation(granted);
         if !granted {
             tracing::info!(user_id = %request.user_id, tokens = request.tokens, used, "quota exceeded");
@@ -130,8 +162,9 @@ impl Quota {
         let mut invocation =
             SETTLE.key(self.reservation_key(&request.user_id, &request.reservation_id));
         invocation
-            .key(self.pending_key())
+            .key(self.pending_key(&request.user_id))
             .key(self.quota_key(&request.user_id, &day.date))
+            .key(self.quota_key(&request.user_id, &day.yesterday))
             .arg(request.actual_tokens);
         let (settled, used, kept_limit): (i64, i64, i64) = self
             .redis("settle", invocation.invoke_async(&mut connection))
@@ -178,22 +211,125 @@ impl Quota {
         Ok(state(used.unwrap_or(0), limit, &day))
     }
 
-    /// Refunds every reservation past its deadline; returns how many.
+    /// Refunds every reservation past its deadline; returns how many. Visits the users
+    /// `reservations:due` lists with a deadline passed, one script each.
     pub async fn sweep(&self) -> Result<u64, QuotaError> {
         let mut connection = self.connection().await?;
-        let now_ms = Timestamp::now().as_millisecond();
-        let mut invocation = SWEEP.key(self.pending_key());
-        invocation.arg(now_ms).arg(SWEEP_BATCH);
+        let day = self.today()?;
         let mut total = 0;
-        loop {
-            let refunded: u64 = self
-                .redis("sweep", invocation.invoke_async(&mut connection))
+        // Each round moves every user it visits into the future or off the list; the
+        // bound only guards against a clock gone wrong.
+        for _ in 0..1000 {
+            let now_ms = Timestamp::now().as_millisecond();
+            let users: Vec<String> = self
+                .redis(
+                    "zrangebyscore",
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(self.due_key())
+                        .arg("-inf")
+                        .arg(now_ms)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(SWEEP_BATCH)
+                        .query_async(&mut connection),
+                )
                 .await?;
-            total += refunded;
-            if refunded < SWEEP_BATCH as u64 {
-                return Ok(total);
+            for user_id in &users {
+                total += self.sweep_user(&mut connection, user_id, &day).await?;
+            }
+            if users.len() < SWEEP_BATCH {
+                break;
             }
         }
+        Ok(total)
+    }
+
+    /// One user's expired reservations: listed first, then refunded by a script that
+    /// declares each of them; then the user's place on `reservations:due`.
+    async fn sweep_user(
+        &self,
+        connection: &mut Connection,
+        user_id: &str,
+        day: &Day,
+    ) -> Result<u64, QuotaError> {
+        let pending = self.pending_key(user_id);
+        let mut total = 0;
+        let earliest = loop {
+            let now_ms = Timestamp::now().as_millisecond();
+            let expired: Vec<String> = self
+                .redis(
+                    "zrangebyscore",
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&pending)
+                        .arg("-inf")
+                        .arg(now_ms)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(SWEEP_BATCH)
+                        .query_async(&mut *connection),
+                )
+                .await?;
+            let mut invocation = SWEEP.key(&pending);
+            invocation
+                .key(self.quota_key(user_id, &day.date))
+                .key(self.quota_key(user_id, &day.yesterday))
+                .key(&expired)
+                .arg(now_ms);
+            let (refunded, earliest): (u64, i64) = self
+                .redis("sweep", invocation.invoke_async(&mut *connection))
+                .await?;
+            total += refunded;
+            if expired.len() < SWEEP_BATCH {
+                break earliest;
+            }
+        };
+        let due = self.due_key();
+        if earliest >= 0 {
+            self.redis(
+                "zadd",
+                redis::cmd("ZADD")
+                    .arg(&due)
+                    .arg(earliest)
+                    .arg(user_id)
+                    .query_async::<i64>(&mut *connection),
+            )
+            .await?;
+            return Ok(total);
+        }
+        // Off the list, then a second look: a reservation made meanwhile found the set
+        // empty and listed the user itself, or is seen here and listed again.
+        self.redis(
+            "zrem",
+            redis::cmd("ZREM")
+                .arg(&due)
+                .arg(user_id)
+                .query_async::<i64>(&mut *connection),
+        )
+        .await?;
+        let first: Vec<(String, i64)> = self
+            .redis(
+                "zrange",
+                redis::cmd("ZRANGE")
+                    .arg(&pending)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut *connection),
+            )
+            .await?;
+        if let Some((_, deadline)) = first.first() {
+            self.redis(
+                "zadd",
+                redis::cmd("ZADD")
+                    .arg(&due)
+                    .arg("LT")
+                    .arg(*deadline)
+                    .arg(user_id)
+                    .query_async::<i64>(&mut *connection),
+            )
+            .await?;
+        }
+        Ok(total)
     }
 
     pub(crate) async fn sweep_forever(self, interval: Duration) {
@@ -219,8 +355,10 @@ impl Quota {
             .tomorrow()
             .and_then(|tomorrow| tomorrow.to_zoned_datetime(self.inner.timezone.clone()))
             .map_err(QuotaError::Calendar)?;
+        let yesterday = now.date().yesterday().map_err(QuotaError::Calendar)?;
         Ok(Day {
             date: now.date().to_string(),
+            yesterday: yesterday.to_string(),
             reset_after_seconds: (next_midnight.timestamp().as_second()
                 - now.timestamp().as_second())
             .max(1),
@@ -228,18 +366,24 @@ impl Quota {
     }
 
     fn quota_key(&self, user_id: &str, date: &str) -> String {
-        format!("{}token:{user_id}:{date}", self.inner.prefix)
+        format!("{}token:{{{user_id}}}:{date}", self.inner.prefix)
     }
 
     fn reservation_key(&self, user_id: &str, reservation_id: &str) -> String {
         format!(
-            "{}reservation:{user_id}:{reservation_id}",
+            "{}reservation:{{{user_id}}}:{reservation_id}",
             self.inner.prefix
         )
     }
 
-    fn pending_key(&self) -> String {
-        format!("{}reservations:pending", self.inner.prefix)
+    /// The user's open reservations, by deadline.
+    fn pending_key(&self, user_id: &str) -> String {
+        format!("{}reservations:{{{user_id}}}:pending", self.inner.prefix)
+    }
+
+    /// The users with open reservations, by the earliest deadline the sweeper must see.
+    fn due_key(&self) -> String {
+        format!("{}reservations:due", self.inner.prefix)
     }
 
     /// The user's own limit when the caller sent one, else `DAILY_LIMIT`.

@@ -249,3 +249,53 @@ fn an_unknown_time_zone_stops_the_service() {
     .unwrap_or_default();
     assert!(error.contains("QUOTA_TIMEZONE"), "{error}");
 }
+
+#[tokio::test]
+async fn every_script_runs_on_a_redis_cluster() -> anyhow::Result<()> {
+    // A cluster refuses a script whose keys lie in two slots (CROSSSLOT): every key of a
+    // user is hash-tagged `{user}`, and the one key across users is never in a script.
+    let cluster = chat_testing::OwnRedis::start_cluster().await?;
+    let quota = Quota::new(&Settings {
+        redis_addr: cluster.addr(),
+        redis_key_prefix: "chat:".to_owned(),
+        daily_limit: 1000,
+        reservation_ttl_secs: 1,
+        redis_timeout_ms: 2000,
+        ..Settings::default()
+    })?;
+    assert_eq!(reserve(&quota, "alice", "r1", 300).await?, (true, 700));
+    assert_eq!(reserve(&quota, "alice", "lost", 100).await?, (true, 600));
+    assert_eq!(reserve(&quota, "bob", "lost", 200).await?, (true, 800));
+    assert_eq!(settle(&quota, "alice", "r1", 120).await?, (true, 780));
+    assert_eq!(remaining(&quota, "alice").await?, 780);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(quota.sweep().await?, 2);
+    assert_eq!(remaining(&quota, "alice").await?, 880);
+    assert_eq!(remaining(&quota, "bob").await?, 1000);
+    assert_eq!(quota.sweep().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sweeper_forgets_users_with_nothing_pending_and_finds_new_ones() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    assert_eq!(reserve(&quota, "u1", "a", 100).await?, (true, 900));
+    assert_eq!(settle(&quota, "u1", "a", 100).await?, (true, 900));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Listed, nothing pending: visited once, then off the list.
+    assert_eq!(quota.sweep().await?, 0);
+    let pool = chat_common::redis::pool(&redis.addr, 1, std::time::Duration::from_secs(2))?;
+    let mut connection = pool.get().await?;
+    let due: i64 = deadpool_redis::redis::cmd("ZCARD")
+        .arg(format!("{}reservations:due", redis.prefix))
+        .query_async(&mut connection)
+        .await?;
+    assert_eq!(due, 0);
+    // A later reservation lists the user again, and is swept when abandoned.
+    assert_eq!(reserve(&quota, "u1", "b", 200).await?, (true, 700));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(quota.sweep().await?, 1);
+    assert_eq!(remaining(&quota, "u1").await?, 900);
+    Ok(())
+}

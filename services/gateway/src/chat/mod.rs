@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! prepare:  validate → filter (clean, block) ‖ history (earlier turns, as context)
+//!           ‖ keyword (earlier messages relevant to the text: retrieval)
 //!           → prompt → token (reserve an estimate)
 //! model:    llm, whole (unary) or relayed as generated (stream)
 //! close:    token (settle to the real usage, or refund) ‖ history (save both messages)
@@ -19,6 +20,7 @@
 mod prepare;
 mod prompt;
 mod reservation;
+mod retrieval;
 mod stream;
 mod types;
 mod unary;
@@ -27,3 +29,5 @@ use prepare::{Turn, prepare};
 pub use stream::{StreamEvent, StreamHead, chat_stream};
 pub use types::{ChatRequest, ChatResponse, Policy, UsageBody};
 pub use unary::chat;
+// The /v1 API settles its own chats with the same exactly-once reservation.
+pub(crate) use reservation::Reservation;

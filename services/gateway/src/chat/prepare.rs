@@ -1,12 +1,14 @@
-//! Everything before the model: validation, filter ‖ context, prompt, reservation.
+//! Everything before the model: validation, filter ‖ context ‖ retrieval, prompt,
+//! reservation.
 //! A new step before the model call belongs here.
 
-use chat_proto::{ChatMessage, CompleteRequest, NewMessage, Role};
+use chat_proto::{ChatMessage, CompleteRequest, NewMessage, Role, SaveRequest, StoredMessage};
 use tonic::Code;
 
 use super::Policy;
 use super::prompt::Prompt;
 use super::reservation::Reservation;
+use super::retrieval;
 use crate::auth::Caller;
 use crate::{ApiError, Backends};
 
@@ -14,6 +16,9 @@ use crate::{ApiError, Backends};
 pub struct Turn {
     backends: Backends,
     pub user_id: String,
+    /// The conversation the turn goes to; empty when the history service could not say
+    /// (the save then starts a new one).
+    pub conversation_id: String,
     /// The user's text as the filter cleaned it: what the model sees and history keeps.
     pub cleaned: String,
     messages: Vec<ChatMessage>,
@@ -30,6 +35,8 @@ pub struct Closed {
     /// Tokens left today after the turn was charged.
     pub remaining: i64,
     pub history_saved: bool,
+    /// Where the turn was saved (or was to be, when saving failed).
+    pub conversation_id: String,
 }
 
 /// Filters the caller's text while fetching the context, builds the prompt and
@@ -39,18 +46,21 @@ pub async fn prepare(
     policy: &Policy,
     caller: Caller,
     text: String,
+    conversation: Option<String>,
 ) -> Result<Turn, ApiError> {
     let user_id = caller.user_id.clone();
     if text.trim().is_empty() {
         return Err(ApiError::InvalidText("text is empty".to_owned()));
     }
 
-    // The filter and the conversation so far are independent: ask for both at once
-    // (the context of a blocked text is simply dropped).
-    let (verdict, earlier) = tokio::join!(
-        backends.filter(text),
-        backends.history(&user_id, policy.context_messages)
+    // The filter, the conversation so far and the retrieval of earlier messages are
+    // independent: ask for all three at once (what came for a blocked text is dropped).
+    let (verdict, context, retrieved) = tokio::join!(
+        backends.filter(text.clone()),
+        context(backends, &user_id, conversation, policy.context_messages),
+        retrieval::retrieve(backends, policy, &user_id, &text)
     );
+    let (conversation_id, earlier) = context?;
     let verdict = verdict.map_err(|status| match status.code() {
         Code::InvalidArgument => ApiError::InvalidText(status.message().to_owned()),
         _ => ApiError::dependency("filter", status),
@@ -58,16 +68,16 @@ pub async fn prepare(
     if verdict.blocked {
         return Err(ApiError::Blocked(verdict.reason));
     }
-    // Context is a nicety: without the history service the chat goes on without it.
-    let earlier = earlier.unwrap_or_else(|status| {
-        tracing::warn!(code = ?status.code(), message = %status.message(), "no conversation context: history unavailable");
-        Vec::new()
-    });
-    let prompt = Prompt::build(policy, &earlier, &verdict.cleaned);
+    // Retrieval ran before the conversation was known: scope it now if it must be.
+    let retrieved = retrieval::in_scope(retrieved, policy.retrieval_scope, &conversation_id);
+    let prompt = Prompt::build(policy, &earlier, &verdict.cleaned).with_retrieved(
+        retrieval::context_block(&retrieved, &earlier, policy.retrieval_tokens),
+    );
     let reservation = Reservation::take(backends, &caller, prompt.reservation(policy)).await?;
     Ok(Turn {
         backends: backends.clone(),
         user_id,
+        conversation_id,
         cleaned: verdict.cleaned,
         messages: prompt.messages,
         prompt_tokens: prompt.tokens,
@@ -76,12 +86,45 @@ pub async fn prepare(
     })
 }
 
+/// The conversation a turn goes to, and its earlier messages: the one named, which must
+/// be the caller's (404 otherwise), or else their most recently active one (a new one
+/// when they have none). Context is a nicety: without the history service the chat goes
+/// on without it.
+async fn context(
+    backends: &Backends,
+    user_id: &str,
+    conversation: Option<String>,
+    limit: u32,
+) -> Result<(String, Vec<StoredMessage>), ApiError> {
+    let conversation_id = match conversation.filter(|id| !id.is_empty()) {
+        Some(id) => id,
+        None => match backends.latest_conversation(user_id).await {
+            Ok(latest) => latest.id,
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = %status.message(), "no conversation context: history unavailable");
+                return Ok((String::new(), Vec::new()));
+            }
+        },
+    };
+    match backends.context(user_id, &conversation_id, limit).await {
+        Ok(earlier) => Ok((conversation_id, earlier)),
+        Err(status) if status.code() == Code::NotFound => {
+            Err(ApiError::NotFound("no such conversation".to_owned()))
+        }
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), message = %status.message(), "no conversation context: history unavailable");
+            Ok((conversation_id, Vec::new()))
+        }
+    }
+}
+
 impl Turn {
     pub fn completion_request(&self) -> CompleteRequest {
         CompleteRequest {
             messages: self.messages.clone(),
             max_tokens: self.max_output_tokens,
             user_id: self.user_id.clone(),
+            ..CompleteRequest::default()
         }
     }
 
@@ -97,53 +140,59 @@ impl Turn {
         let Self {
             backends,
             user_id,
+            conversation_id,
             cleaned,
             reservation,
             ..
         } = self;
-        let (remaining, history_saved) = tokio::join!(
-            reservation.settle(used),
-            save(&backends, &user_id, &cleaned, reply, incomplete)
-        );
+        let turn = SaveRequest {
+            user_id,
+            messages: vec![
+                NewMessage {
+                    role: Role::User.into(),
+                    text: cleaned.clone(),
+                    incomplete: false,
+                },
+                NewMessage {
+                    role: Role::Assistant.into(),
+                    text: reply.to_owned(),
+                    incomplete,
+                },
+            ],
+            conversation_id: conversation_id.clone(),
+            ..SaveRequest::default()
+        };
+        let (remaining, saved_in) = tokio::join!(reservation.settle(used), save(&backends, turn));
         Closed {
             cleaned,
             remaining,
-            history_saved,
+            history_saved: saved_in.is_some(),
+            conversation_id: saved_in.unwrap_or(conversation_id),
         }
     }
 }
 
-/// Saves the user's message and the reply; one retry, then a loud log.
-async fn save(
-    backends: &Backends,
-    user_id: &str,
-    cleaned: &str,
-    reply: &str,
-    incomplete: bool,
-) -> bool {
-    let messages = vec![
-        NewMessage {
-            role: Role::User.into(),
-            text: cleaned.to_owned(),
-            incomplete: false,
-        },
-        NewMessage {
-            role: Role::Assistant.into(),
-            text: reply.to_owned(),
-            incomplete,
-        },
-    ];
+/// Saves the user's message and the reply; one retry, then a loud log. Answers the
+/// conversation they went to.
+async fn save(backends: &Backends, turn: SaveRequest) -> Option<String> {
     for attempt in 1..=2 {
-        match backends.save(user_id, messages.clone()).await {
-            Ok(_) => return true,
-            Err(status) => tracing::error!(
-                attempt,
-                user_id,
-                code = ?status.code(),
-                message = %status.message(),
-                "saving the chat to history failed"
-            ),
+        match backends.save_to(turn.clone()).await {
+            Ok(saved) => return Some(saved.conversation_id),
+            Err(status) => {
+                tracing::error!(
+                    attempt,
+                    user_id = %turn.user_id,
+                    conversation_id = %turn.conversation_id,
+                    code = ?status.code(),
+                    message = %status.message(),
+                    "saving the chat to history failed"
+                );
+                // Deleted mid-turn: a retry cannot bring it back.
+                if status.code() == Code::NotFound {
+                    return None;
+                }
+            }
         }
     }
-    false
+    None
 }

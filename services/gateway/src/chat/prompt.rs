@@ -25,6 +25,7 @@ impl Prompt {
             ChatMessage {
                 role: Role::System.into(),
                 content: policy.system_prompt.clone(),
+                ..ChatMessage::default()
             }
         });
         let messages = system
@@ -32,16 +33,42 @@ impl Prompt {
             .chain(kept.into_iter().rev().map(|(message, _)| ChatMessage {
                 role: message.role,
                 content: message.text.clone(),
+                ..ChatMessage::default()
             }))
             .chain(std::iter::once(ChatMessage {
                 role: Role::User.into(),
                 content: cleaned.to_owned(),
+                ..ChatMessage::default()
             }))
             .collect();
         Self {
             messages,
             tokens: total as i64,
         }
+    }
+
+    /// Puts retrieved context (a block and its cost in tokens) in the prompt as a system
+    /// message of its own, after the system prompt and before the conversation, marked
+    /// as retrieved so the model does not take it for the user's words or instructions.
+    pub fn with_retrieved(mut self, retrieved: Option<(String, usize)>) -> Self {
+        let Some((block, cost)) = retrieved else {
+            return self;
+        };
+        let at = self
+            .messages
+            .iter()
+            .take_while(|message| message.role() == Role::System)
+            .count();
+        self.messages.insert(
+            at,
+            ChatMessage {
+                role: Role::System.into(),
+                content: block,
+                ..ChatMessage::default()
+            },
+        );
+        self.tokens += cost as i64;
+        self
     }
 
     /// What to reserve before the call: the prompt plus the most the reply may cost,
@@ -92,7 +119,33 @@ mod tests {
             max_output_tokens: 100,
             min_reservation: 200,
             system_prompt: system_prompt.to_owned(),
+            retrieval_tokens: 300,
+            retrieval_scope: crate::RetrievalScope::User,
         }
+    }
+
+    #[test]
+    fn retrieved_context_goes_after_the_system_prompt_and_is_charged() {
+        let earlier = [stored(Role::User, "hello"), stored(Role::Assistant, "hi")];
+        for (system, at) in [("Be brief.", 1), ("", 0)] {
+            let plain = Prompt::build(&policy(1000, system), &earlier, "and now?");
+            let tokens = plain.tokens;
+            let with = plain.with_retrieved(Some(("retrieved: my dog is Biscuit".to_owned(), 9)));
+            assert_eq!(with.messages[at].role(), Role::System);
+            assert_eq!(with.messages[at].content, "retrieved: my dog is Biscuit");
+            assert_eq!(
+                with.messages.len(),
+                earlier.len() + 2 + usize::from(at == 1)
+            );
+            assert_eq!(with.tokens, tokens + 9);
+            assert_eq!(
+                with.messages.last().map(|message| message.content.as_str()),
+                Some("and now?")
+            );
+        }
+        let plain = Prompt::build(&policy(1000, ""), &earlier, "and now?");
+        let count = plain.messages.len();
+        assert_eq!(plain.with_retrieved(None).messages.len(), count);
     }
 
     fn contents(prompt: &Prompt) -> Vec<&str> {

@@ -18,8 +18,13 @@ use crate::{ApiError, Backends};
 /// One server-sent event of `POST /chat/stream`.
 #[derive(Debug)]
 pub enum StreamEvent {
-    /// First: the cleaned text and the trace id, for the user to find the trace.
-    Start { cleaned: String, trace_id: String },
+    /// First: the cleaned text, the trace id (for the user to find the trace), and the
+    /// conversation the turn goes to (`None` only when the history service is down).
+    Start {
+        cleaned: String,
+        trace_id: String,
+        conversation_id: Option<String>,
+    },
     /// Text to append to the reply.
     Delta(String),
     /// Last, on success.
@@ -46,9 +51,10 @@ pub async fn chat_stream(
     policy: Policy,
     caller: Caller,
     text: String,
+    conversation: Option<String>,
     mut head: oneshot::Sender<StreamHead>,
 ) {
-    let turn = match prepare(&backends, &policy, caller, text).await {
+    let turn = match prepare(&backends, &policy, caller, text, conversation).await {
         Ok(turn) => turn,
         Err(error) => {
             let _ = head.send(Err(error));
@@ -75,6 +81,7 @@ pub async fn chat_stream(
     let start = StreamEvent::Start {
         cleaned: turn.cleaned.clone(),
         trace_id: chat_common::telemetry::current_trace_id().unwrap_or_default(),
+        conversation_id: Some(turn.conversation_id.clone()).filter(|id| !id.is_empty()),
     };
     let mut reply = String::new();
     let ending = if head.send(Ok(receiver)).is_err() || events.send(start).await.is_err() {
@@ -157,6 +164,7 @@ async fn relay(
             delta,
             usage,
             model,
+            ..
         } = chunk;
         if !delta.is_empty() {
             reply.push_str(&delta);

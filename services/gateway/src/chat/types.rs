@@ -13,6 +13,10 @@ pub struct ChatRequest {
     pub user_id: Option<String>,
     #[serde(default)]
     pub text: String,
+    /// The caller's conversation to continue; without one, their most recently active
+    /// conversation (a new one when they have none).
+    #[serde(default)]
+    pub conversation_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -25,6 +29,9 @@ pub struct ChatResponse {
     pub model: String,
     /// False when the reply could not be saved (the error is in the log).
     pub history_saved: bool,
+    /// The conversation the turn belongs to; null only when the history service could
+    /// be reached neither before nor after the model.
+    pub conversation_id: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -52,6 +59,9 @@ pub struct Policy {
     pub max_output_tokens: u32,
     pub min_reservation: i64,
     pub system_prompt: String,
+    /// Token budget of retrieved context; 0 when retrieval is off.
+    pub retrieval_tokens: usize,
+    pub retrieval_scope: crate::RetrievalScope,
 }
 
 impl From<&Settings> for Policy {
@@ -62,6 +72,11 @@ impl From<&Settings> for Policy {
             max_output_tokens: settings.max_output_tokens,
             min_reservation: settings.min_reservation,
             system_prompt: settings.system_prompt.trim().to_owned(),
+            retrieval_tokens: match settings.retrieval {
+                crate::Switch::On => settings.retrieval_tokens,
+                crate::Switch::Off => 0,
+            },
+            retrieval_scope: settings.retrieval_scope,
         }
     }
 }

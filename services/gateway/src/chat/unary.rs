@@ -9,8 +9,9 @@ pub async fn chat(
     policy: &Policy,
     caller: Caller,
     text: String,
+    conversation: Option<String>,
 ) -> Result<ChatResponse, ApiError> {
-    let turn = prepare(backends, policy, caller, text).await?;
+    let turn = prepare(backends, policy, caller, text, conversation).await?;
     let answer = match backends.complete(turn.completion_request()).await {
         Ok(answer) => answer,
         Err(status) => {
@@ -27,5 +28,6 @@ pub async fn chat(
         remaining: closed.remaining,
         model: answer.model,
         history_saved: closed.history_saved,
+        conversation_id: Some(closed.conversation_id).filter(|id| !id.is_empty()),
     })
 }

@@ -71,6 +71,27 @@ impl Stack {
         format!("{}{path}", self.base)
     }
 
+    /// A connection to the stack's own MySQL database, for what the API does not show.
+    pub async fn mysql(&self) -> anyhow::Result<mysql_async::Conn> {
+        let pool = mysql_async::Pool::new(chat_history::mysql_opts(&self._database.url)?);
+        Ok(pool.get_conn().await?)
+    }
+
+    /// Every Redis key of the stack (they all start with its own prefix), prefix removed.
+    pub async fn redis_keys(&self) -> anyhow::Result<Vec<String>> {
+        let pool = chat_common::redis::pool(&self._redis.addr, 1, Duration::from_secs(2))?;
+        let mut connection = pool.get().await?;
+        let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+            .arg(format!("{}*", self._redis.prefix))
+            .query_async(&mut connection)
+            .await?;
+        let prefix = self._redis.prefix.len();
+        Ok(keys
+            .into_iter()
+            .map(|key| key[prefix..].to_owned())
+            .collect())
+    }
+
     /// POSTs a chat; answers the status and the JSON body.
     pub async fn chat(&self, user_id: &str, text: &str) -> anyhow::Result<(StatusCode, Value)> {
         let response = self

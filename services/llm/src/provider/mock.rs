@@ -45,6 +45,8 @@ impl Provider for Mock {
             usage: counted_usage(request, &text),
             text,
             model: MODEL.to_owned(),
+            tool_calls: Vec::new(),
+            finish_reason: "stop".to_owned(),
         };
         std::future::ready(Ok(answer)).boxed()
     }
@@ -65,9 +67,11 @@ impl Provider for Mock {
                 }
                 Ok(StreamEvent::Delta(word))
             });
-        let events = deltas.chain(stream::once(std::future::ready(Ok(StreamEvent::Usage(
-            usage,
-        )))));
+        let end = [
+            Ok(StreamEvent::Finish("stop".to_owned())),
+            Ok(StreamEvent::Usage(usage)),
+        ];
+        let events = deltas.chain(stream::iter(end));
         std::future::ready(Ok(events.boxed())).boxed()
     }
 

@@ -32,25 +32,71 @@ impl ProviderKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Role {
     System,
+    #[default]
     User,
     Assistant,
+    Tool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// The tools an assistant message called.
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool's result: the call it answers.
+    pub tool_call_id: String,
+    /// The participant's name, when the client gave one.
+    pub name: String,
+}
+
+/// A function the model called; `arguments` is JSON text as the model wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call: the first piece of call `index` names it, later
+/// ones add to its arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// OpenAI's request options beyond the conversation, passed to the provider as given;
+/// `None` or empty leaves the provider's default. The JSON ones are checked for shape
+/// by the provider that sends them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub parallel_tool_calls: Option<bool>,
+    /// The client's own end-user id (OpenAI's `user`).
+    pub end_user: String,
+    pub response_format: Option<serde_json::Value>,
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
 }
 
 /// One completion to make: the whole conversation, since providers keep no state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub model: String,
     pub messages: Vec<Message>,
     pub max_tokens: u32,
+    pub options: Options,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,12 +107,15 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reply {
     pub text: String,
     pub usage: Usage,
     /// The model that answered, often a dated version of the one asked for.
     pub model: String,
+    pub tool_calls: Vec<ToolCall>,
+    /// Why the model stopped (`stop`, `length`, `tool_calls`, `content_filter`).
+    pub finish_reason: String,
 }
 
 /// One step of a streamed completion.
@@ -74,6 +123,10 @@ pub struct Reply {
 pub enum StreamEvent {
     /// More of the reply.
     Delta(String),
+    /// A piece of a tool call.
+    ToolCall(ToolCallDelta),
+    /// Why the model stopped; the usage still follows.
+    Finish(String),
     /// The provider named the model answering; sent when that name changes, so a
     /// stream cut short is still billed to the model that wrote it.
     Model(String),
@@ -88,7 +141,7 @@ pub type EventStream = BoxStream<'static, Result<StreamEvent, LlmError>>;
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
 
-    /// The model asked for.
+    /// The model asked for when the caller names none.
     fn model(&self) -> &str;
 
     fn complete<'a>(&'a self, request: &'a Completion) -> BoxFuture<'a, Result<Reply, LlmError>>;
@@ -126,12 +179,19 @@ pub fn from_settings(settings: &Settings) -> anyhow::Result<Box<dyn Provider>> {
 /// What a completion costs when the provider did not say: the prompt and the reply
 /// counted with the tokenizer, rather than charging nothing.
 pub fn counted_usage(request: &Completion, reply: &str) -> Usage {
-    let prompt_tokens = tokens::count_prompt(
-        request
-            .messages
-            .iter()
-            .map(|message| message.content.as_str()),
-    ) as u64;
+    let contents = request
+        .messages
+        .iter()
+        .map(|message| message.content.as_str());
+    // A tool call's name and arguments are part of what the model reads.
+    let calls = request
+        .messages
+        .iter()
+        .flat_map(|message| &message.tool_calls);
+    let call_tokens: usize = calls
+        .map(|call| tokens::count(&call.name) + tokens::count(&call.arguments))
+        .sum();
+    let prompt_tokens = (tokens::count_prompt(contents) + call_tokens) as u64;
     let completion_tokens = tokens::count(reply) as u64;
     Usage {
         prompt_tokens,

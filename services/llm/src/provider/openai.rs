@@ -7,19 +7,20 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
+use std::collections::VecDeque;
+
 use async_openai::types::chat::{
-    ChatChoiceStream, ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    ChatCompletionResponseStream, ChatCompletionStreamOptions, CompletionUsage,
-    CreateChatCompletionRequest, CreateChatCompletionResponse,
+    ChatCompletionMessageToolCalls, ChatCompletionResponseStream, ChatCompletionStreamOptions,
+    CompletionUsage, CreateChatCompletionRequest, CreateChatCompletionResponse, FinishReason,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, stream};
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
 
 use super::{
-    Completion, EventStream, Message, Provider, ProviderKind, Reply, Role, StreamEvent, Usage,
-    counted_usage,
+    Completion, EventStream, Message, Provider, ProviderKind, Reply, Role, StreamEvent, ToolCall,
+    ToolCallDelta, Usage, counted_usage,
 };
 use crate::Settings;
 use crate::error::LlmError;
@@ -51,13 +52,49 @@ impl OpenAi {
         }
     }
 
-    fn body(request: &Completion) -> CreateChatCompletionRequest {
-        CreateChatCompletionRequest {
-            model: request.model.clone(),
-            messages: request.messages.iter().map(to_openai).collect(),
-            max_completion_tokens: Some(request.max_tokens),
-            ..CreateChatCompletionRequest::default()
-        }
+    /// The request in OpenAI's JSON, read back into async-openai's type: a field of a
+    /// shape the API cannot take (a malformed tool, say) is refused here, naming it.
+    fn body(request: &Completion) -> Result<CreateChatCompletionRequest, LlmError> {
+        let options = &request.options;
+        let mut body = Map::new();
+        body.insert("model".into(), request.model.clone().into());
+        let messages = request.messages.iter().map(to_openai).collect();
+        body.insert("messages".into(), Value::Array(messages));
+        body.insert("max_completion_tokens".into(), request.max_tokens.into());
+        let mut put = |name: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                body.insert(name.to_owned(), value);
+            }
+        };
+        put("temperature", options.temperature.map(Value::from));
+        put("top_p", options.top_p.map(Value::from));
+        put(
+            "stop",
+            (!options.stop.is_empty()).then(|| Value::from(options.stop.clone())),
+        );
+        put("seed", options.seed.map(Value::from));
+        put(
+            "presence_penalty",
+            options.presence_penalty.map(Value::from),
+        );
+        put(
+            "frequency_penalty",
+            options.frequency_penalty.map(Value::from),
+        );
+        put(
+            "parallel_tool_calls",
+            options.parallel_tool_calls.map(Value::from),
+        );
+        put(
+            "user",
+            (!options.end_user.is_empty()).then(|| Value::from(options.end_user.clone())),
+        );
+        put("response_format", options.response_format.clone());
+        put("tools", options.tools.clone());
+        put("tool_choice", options.tool_choice.clone());
+        serde_json::from_value(Value::Object(body)).map_err(|error| {
+            LlmError::InvalidRequest(format!("the request cannot be sent as it is: {error}"))
+        })
     }
 
     fn failure(&self, error: OpenAIError) -> LlmError {
@@ -66,6 +103,7 @@ impl OpenAi {
         match failure {
             Failure::Transient => LlmError::Transient(detail),
             Failure::InsufficientQuota => LlmError::InsufficientQuota(detail),
+            Failure::Refused => LlmError::InvalidRequest(detail),
             Failure::Permanent => LlmError::Provider(detail),
         }
     }
@@ -82,7 +120,7 @@ impl Provider for OpenAi {
 
     fn complete<'a>(&'a self, request: &'a Completion) -> BoxFuture<'a, Result<Reply, LlmError>> {
         async move {
-            let answer = self.client.chat().create(Self::body(request)).await;
+            let answer = self.client.chat().create(Self::body(request)?).await;
             let answer = answer.map_err(|error| self.failure(error))?;
             Ok(from_openai(answer, request))
         }
@@ -94,7 +132,7 @@ impl Provider for OpenAi {
         request: &'a Arc<Completion>,
     ) -> BoxFuture<'a, Result<EventStream, LlmError>> {
         async move {
-            let mut body = Self::body(request);
+            let mut body = Self::body(request)?;
             body.stream = Some(true);
             // Without it OpenAI reports no usage on a stream at all.
             body.stream_options = Some(ChatCompletionStreamOptions {
@@ -115,8 +153,8 @@ struct Events {
     upstream: ChatCompletionResponseStream,
     request: Arc<Completion>,
     api_key: SecretString,
-    /// The choices of the last chunk not passed on yet.
-    pending: std::vec::IntoIter<ChatChoiceStream>,
+    /// What the last chunk said that is not passed on yet.
+    pending: VecDeque<StreamEvent>,
     model: String,
     usage: Option<Usage>,
     /// Counted when the provider reports no usage.
@@ -135,7 +173,7 @@ impl Events {
             model: request.model.clone(),
             request,
             api_key,
-            pending: Vec::new().into_iter(),
+            pending: VecDeque::new(),
             usage: None,
             reply: String::new(),
             ended: false,
@@ -155,19 +193,40 @@ impl Events {
             return None;
         }
         loop {
-            let delta = (&mut self.pending)
-                .filter_map(|choice| choice.delta.content)
-                .find(|delta| !delta.is_empty());
-            if let Some(delta) = delta {
-                self.reply.push_str(&delta);
-                return Some(Ok(StreamEvent::Delta(delta)));
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
             }
             match self.upstream.next().await {
                 Some(Ok(chunk)) => {
                     if let Some(reported) = chunk.usage {
                         self.usage = Some(usage_of(reported));
                     }
-                    self.pending = chunk.choices.into_iter();
+                    // One choice: the gateway never asks for more (`n` is 1).
+                    for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
+                        let delta = choice.delta;
+                        if let Some(text) = delta.content.or(delta.refusal)
+                            && !text.is_empty()
+                        {
+                            self.reply.push_str(&text);
+                            self.pending.push_back(StreamEvent::Delta(text));
+                        }
+                        for call in delta.tool_calls.into_iter().flatten() {
+                            let function = call.function.unwrap_or_default();
+                            let arguments = function.arguments.unwrap_or_default();
+                            // Counted with the reply should the provider report no usage.
+                            self.reply.push_str(&arguments);
+                            self.pending.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                                index: call.index,
+                                id: call.id.unwrap_or_default(),
+                                name: function.name.unwrap_or_default(),
+                                arguments,
+                            }));
+                        }
+                        if let Some(reason) = choice.finish_reason {
+                            self.pending
+                                .push_back(StreamEvent::Finish(finish_name(reason).to_owned()));
+                        }
+                    }
                     if !chunk.model.is_empty() && chunk.model != self.model {
                         self.model = chunk.model;
                         return Some(Ok(StreamEvent::Model(self.model.clone())));
@@ -193,32 +252,87 @@ impl Events {
     }
 }
 
-fn to_openai(message: &Message) -> ChatCompletionRequestMessage {
-    let content = message.content.clone();
-    match message.role {
-        Role::System => ChatCompletionRequestSystemMessage::from(content).into(),
-        Role::Assistant => ChatCompletionRequestAssistantMessage::from(content).into(),
-        Role::User => ChatCompletionRequestUserMessage::from(content).into(),
+/// A message in OpenAI's JSON.
+fn to_openai(message: &Message) -> Value {
+    let role = match message.role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    };
+    let mut out = json!({"role": role, "content": message.content});
+    if !message.name.is_empty() {
+        out["name"] = message.name.clone().into();
     }
+    if message.role == Role::Tool {
+        out["tool_call_id"] = message.tool_call_id.clone().into();
+    }
+    if !message.tool_calls.is_empty() {
+        if message.content.is_empty() {
+            out["content"] = Value::Null;
+        }
+        let calls = message.tool_calls.iter().map(|call| {
+            json!({
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments}
+            })
+        });
+        out["tool_calls"] = Value::Array(calls.collect());
+    }
+    out
 }
 
 fn from_openai(answer: CreateChatCompletionResponse, request: &Completion) -> Reply {
-    let text = answer
-        .choices
+    let (message, finish_reason) = match answer.choices.into_iter().next() {
+        Some(choice) => (choice.message, choice.finish_reason),
+        None => Default::default(),
+    };
+    let text = message.content.or(message.refusal).unwrap_or_default();
+    let tool_calls: Vec<ToolCall> = message
+        .tool_calls
         .into_iter()
-        .next()
-        .and_then(|choice| choice.message.content.or(choice.message.refusal))
-        .unwrap_or_default();
+        .flatten()
+        .map(|call| match call {
+            ChatCompletionMessageToolCalls::Function(call) => ToolCall {
+                id: call.id,
+                name: call.function.name,
+                arguments: call.function.arguments,
+            },
+            ChatCompletionMessageToolCalls::Custom(call) => ToolCall {
+                id: call.id,
+                name: call.custom_tool.name,
+                arguments: call.custom_tool.input,
+            },
+        })
+        .collect();
     let usage = match answer.usage {
         Some(usage) => usage_of(usage),
         // Some compatible servers report no usage: count it ourselves rather than
         // charge nothing.
-        None => counted_usage(request, &text),
+        None => {
+            let arguments = tool_calls.iter().map(|call| call.arguments.as_str());
+            let written: String = std::iter::once(text.as_str()).chain(arguments).collect();
+            counted_usage(request, &written)
+        }
     };
     Reply {
         text,
         usage,
         model: answer.model,
+        tool_calls,
+        finish_reason: finish_reason.map_or("stop", finish_name).to_owned(),
+    }
+}
+
+/// OpenAI's name of a finish reason.
+fn finish_name(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+        FinishReason::FunctionCall => "function_call",
     }
 }
 
@@ -236,6 +350,8 @@ enum Failure {
     Transient,
     /// The account has no credit.
     InsufficientQuota,
+    /// The provider refused the request as sent (400, 422): the caller's to fix.
+    Refused,
     Permanent,
 }
 
@@ -255,6 +371,11 @@ fn classify(error: OpenAIError) -> (Failure, String) {
                 (Failure::InsufficientQuota, detail)
             } else if matches!(status, 429 | 502 | 503 | 504) {
                 (Failure::Transient, detail)
+            } else if matches!(status, 400 | 422) {
+                (
+                    Failure::Refused,
+                    format!("the provider refused the request: {detail}"),
+                )
             } else {
                 (Failure::Permanent, format!("provider error: {detail}"))
             }

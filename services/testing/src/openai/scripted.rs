@@ -20,7 +20,15 @@ use super::wire;
 #[derive(Debug, Clone)]
 pub enum Upstream {
     /// 200 with `echo: <last user message>`; usage counted with the real tokenizer.
+    /// A request that offers `tools` (and no `tool_choice` of `none`) and ends with the
+    /// user's message gets a call of its first tool instead, with the arguments
+    /// `{"echo": "<last user message>"}`.
     Echo,
+    /// 200 with a call of this tool (`finish_reason: tool_calls`), streamed as OpenAI
+    /// does: the name first, then the arguments in pieces.
+    ToolCall { name: String, arguments: String },
+    /// 400 `invalid_request_error` with this message, as OpenAI refuses a bad parameter.
+    BadRequest(String),
     /// 200 with this reply text.
     Reply(String),
     /// 429 `rate_limit_exceeded`.
@@ -58,6 +66,8 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Answer {
     /// `None`: echo the last user message.
     reply: Option<String>,
+    /// A tool call (name, arguments) instead of text.
+    tool_call: Option<(String, String)>,
     pace: Duration,
     break_after: Option<usize>,
 }
@@ -94,6 +104,16 @@ pub(super) async fn chat_completions(
 async fn play(behaviour: Upstream) -> Result<Answer, Response> {
     match behaviour {
         Upstream::Echo => Ok(Answer::default()),
+        Upstream::ToolCall { name, arguments } => Ok(Answer {
+            tool_call: Some((name, arguments)),
+            ..Answer::default()
+        }),
+        Upstream::BadRequest(message) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &message,
+            "invalid_request_error",
+            "invalid_value",
+        )),
         Upstream::Reply(text) => Ok(Answer {
             reply: Some(text),
             ..Answer::default()
@@ -105,12 +125,12 @@ async fn play(behaviour: Upstream) -> Result<Answer, Response> {
         Upstream::Streamed { text, chunk_delay } => Ok(Answer {
             reply: Some(text),
             pace: chunk_delay,
-            break_after: None,
+            ..Answer::default()
         }),
         Upstream::BrokenStream { text, after_chunks } => Ok(Answer {
             reply: Some(text),
-            pace: Duration::ZERO,
             break_after: Some(after_chunks),
+            ..Answer::default()
         }),
         Upstream::RateLimited => Err(error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -137,24 +157,64 @@ fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response 
 
 /// The answer as JSON or as a stream, as the request asked, with the usage counted
 /// by the real tokenizer.
-fn respond(script: Arc<Script>, body: &Value, answer: Answer) -> Response {
+fn respond(script: Arc<Script>, body: &Value, mut answer: Answer) -> Response {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let content = |message: &Value| message["content"].as_str().unwrap_or_default().to_owned();
-    let reply = answer.reply.unwrap_or_else(|| {
-        let last_user = messages
-            .iter()
-            .rev()
-            .find(|message| message["role"] == "user");
-        format!("echo: {}", last_user.map(content).unwrap_or_default())
-    });
+    let last_user = messages
+        .iter()
+        .rev()
+        .find(|message| message["role"] == "user")
+        .map(content)
+        .unwrap_or_default();
+    let offers_tools = body["tools"]
+        .as_array()
+        .is_some_and(|tools| !tools.is_empty())
+        && body["tool_choice"] != "none"
+        && messages.last().is_some_and(|last| last["role"] == "user");
+    if answer.reply.is_none() && answer.tool_call.is_none() && offers_tools {
+        let name = body["tools"][0]["function"]["name"]
+            .as_str()
+            .unwrap_or("tool");
+        let arguments = json!({"echo": last_user}).to_string();
+        answer.tool_call = Some((name.to_owned(), arguments));
+    }
+    let reply = answer.reply.unwrap_or_else(|| format!("echo: {last_user}"));
     let contents: Vec<String> = messages.iter().map(content).collect();
     let prompt_tokens = tokens::count_prompt(contents.iter().map(String::as_str));
-    let usage = wire::usage(prompt_tokens, tokens::count(&reply));
+    let written = match &answer.tool_call {
+        Some((name, arguments)) => tokens::count(name) + tokens::count(arguments),
+        None => tokens::count(&reply),
+    };
+    let usage = wire::usage(prompt_tokens, written);
     let model = body["model"].as_str().unwrap_or("fake-model");
-    if body["stream"] != true {
+    let streamed = body["stream"] == true;
+    let include_usage = body["stream_options"]["include_usage"] == true;
+    if let Some((name, arguments)) = &answer.tool_call {
+        if !streamed {
+            let whole = wire::tool_call_completion(ID, model, name, arguments, &usage);
+            return Json(whole).into_response();
+        }
+        let events = wire::tool_call_stream_events(
+            ID,
+            model,
+            name,
+            arguments,
+            include_usage.then_some(&usage),
+        );
+        let plan = StreamPlan {
+            events,
+            pace: answer.pace,
+            cut_at: None,
+        };
+        return (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            axum::body::Body::from_stream(plan.into_stream(script)),
+        )
+            .into_response();
+    }
+    if !streamed {
         return Json(wire::completion(ID, model, &reply, &usage)).into_response();
     }
-    let include_usage = body["stream_options"]["include_usage"] == true;
     let plan = StreamPlan {
         events: wire::stream_events(ID, model, &reply, include_usage.then_some(&usage)),
         pace: answer.pace,

@@ -70,6 +70,88 @@ pub(super) fn stream_events(
     framed
 }
 
+/// The id of the tool call a fake makes.
+pub(super) const TOOL_CALL_ID: &str = "call_fake_1";
+
+/// The body of a non-streamed answer that calls a tool.
+pub(super) fn tool_call_completion(
+    id: &str,
+    model: &str,
+    name: &str,
+    arguments: &str,
+    usage: &Value,
+) -> Value {
+    let call = json!({
+        "id": TOOL_CALL_ID,
+        "type": "function",
+        "function": {"name": name, "arguments": arguments}
+    });
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": [call]},
+            "finish_reason": "tool_calls"
+        }],
+        "usage": usage
+    })
+}
+
+/// The events of a streamed tool call, as OpenAI sends them: the role, the call's id
+/// and name with empty arguments, the arguments in three pieces, the finish chunk, the
+/// usage chunk when given, `[DONE]`.
+pub(super) fn tool_call_stream_events(
+    id: &str,
+    model: &str,
+    name: &str,
+    arguments: &str,
+    usage: Option<&Value>,
+) -> Vec<String> {
+    let chunk = |choices: Value| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": model,
+            "choices": choices
+        })
+    };
+    let delta = |delta: Value, finish: Value| {
+        chunk(json!([{"index": 0, "delta": delta, "finish_reason": finish}]))
+    };
+    let mut events = vec![
+        delta(json!({"role": "assistant", "content": null}), Value::Null),
+        delta(
+            json!({"tool_calls": [{"index": 0, "id": TOOL_CALL_ID, "type": "function",
+                "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ),
+    ];
+    let chars: Vec<char> = arguments.chars().collect();
+    for piece in chars.chunks(chars.len().div_ceil(3).max(1)) {
+        let piece: String = piece.iter().collect();
+        events.push(delta(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            Value::Null,
+        ));
+    }
+    events.push(delta(json!({}), json!("tool_calls")));
+    if let Some(usage) = usage {
+        let mut last = chunk(json!([]));
+        last["usage"] = usage.clone();
+        events.push(last);
+    }
+    let mut framed: Vec<String> = events
+        .iter()
+        .map(|event| format!("data: {event}\n\n"))
+        .collect();
+    framed.push("data: [DONE]\n\n".to_owned());
+    framed
+}
+
 /// How a reply is cut into content chunks: word by word, each keeping its space.
 pub(super) fn words(reply: &str) -> impl Iterator<Item = &str> {
     reply.split_inclusive(' ')

@@ -13,6 +13,17 @@ pub struct Settings {
     pub token: chat_token::Settings,
     pub llm: chat_llm::Settings,
     pub history: chat_history::Settings,
+    /// The keyword service runs only when this is set ([`Settings::with_keyword`]): most
+    /// tests need no retrieval, and it costs every stack a dictionary load.
+    pub keyword: Option<chat_keyword::Settings>,
+    keyword_defaults: chat_keyword::Settings,
+}
+
+impl Settings {
+    /// Runs the keyword service too, and points the gateway's retrieval and search at it.
+    pub fn with_keyword(&mut self) {
+        self.keyword = Some(self.keyword_defaults.clone());
+    }
 }
 
 /// A listener on a port of its own, and its address as the gateway dials it.
@@ -41,6 +52,7 @@ struct Listeners {
     token: (TcpListener, String),
     llm: (TcpListener, String),
     history: (TcpListener, String),
+    keyword: (TcpListener, String),
     gateway: (TcpListener, String),
 }
 
@@ -51,6 +63,7 @@ impl Listeners {
             token: listener().await?,
             llm: listener().await?,
             history: listener().await?,
+            keyword: listener().await?,
             gateway: listener().await?,
         })
     }
@@ -65,13 +78,21 @@ impl Listeners {
                 token_addr: self.token.1.clone(),
                 llm_addr: self.llm.1.clone(),
                 history_addr: self.history.1.clone(),
+                // Set by `with_keyword`; without it no retrieval and no search.
+                keyword_addr: String::new(),
                 filter_timeout_ms: 5000,
                 token_timeout_ms: 5000,
                 history_timeout_ms: 5000,
                 llm_timeout_ms: 10_000,
                 rate_limit_per_minute: 0,
+                read_rate_limit_per_minute: 0,
+                address_rate_limit_per_minute: 0,
+                redis_addr: backing.redis_addr.clone(),
+                redis_key_prefix: backing.redis_prefix.clone(),
                 gateway_metrics_listen: String::new(),
                 max_output_tokens: 100,
+                // The model the llm service is given, as OPENAI_MODEL gives it to both.
+                openai_model: backing.model.clone(),
                 auth_mode: chat_gateway::AuthMode::None,
                 ..chat_gateway::Settings::default()
             },
@@ -93,6 +114,14 @@ impl Listeners {
                 llm_retry_base_ms: 10,
                 llm_metrics_listen: String::new(),
                 ..chat_llm::Settings::default()
+            },
+            keyword: None,
+            keyword_defaults: chat_keyword::Settings {
+                mysql_dsn: backing.mysql_dsn.clone().into(),
+                keyword_metrics_listen: String::new(),
+                keyword_index_interval_ms: 100,
+                store_timeout_ms: 5000,
+                ..chat_keyword::Settings::default()
             },
             history: chat_history::Settings {
                 mysql_dsn: backing.mysql_dsn.clone().into(),
@@ -123,9 +152,20 @@ impl Stack {
             token,
             llm,
             history,
+            keyword,
             gateway,
         } = listeners;
-        let tasks = vec![
+        let mut backends = vec![filter.1, token.1, llm.1, history.1];
+        let mut tasks = Vec::new();
+        if let Some(keyword_settings) = settings.keyword {
+            settings.gateway.keyword_addr = keyword.1.clone();
+            tasks.push(spawn(
+                "keyword",
+                chat_keyword::run(keyword_settings, keyword.0, pending()),
+            ));
+            backends.push(keyword.1);
+        }
+        tasks.extend([
             spawn(
                 "filter",
                 chat_filter::run(settings.filter, filter.0, pending()),
@@ -140,11 +180,11 @@ impl Stack {
                 "gateway",
                 chat_gateway::run(settings.gateway, gateway.0, pending()),
             ),
-        ];
+        ]);
         let mut stack = Self {
             gateways: vec![gateway.1],
             metrics: Vec::new(),
-            backends: vec![filter.1, token.1, llm.1, history.1],
+            backends,
             running: Running::Tasks(tasks),
         };
         stack.wait_until_ready().await?;

@@ -1,4 +1,4 @@
-//! The one launcher of the whole stack: the five services on ports of their own, wired
+//! The one launcher of the whole stack: the six services on ports of their own, wired
 //! to each other and to a Redis prefix, a MySQL database and a provider they are given.
 //! Two modes, one [`Stack`]:
 //!
@@ -30,7 +30,7 @@ use crate::{FakeOpenAi, TestDatabase, TestRedis};
 pub const API_KEY: &str = "sk-test-0123456789abcdef";
 
 /// The services behind the gateway, in the order they start (the gateway comes last).
-const BACKENDS: [&str; 4] = ["filter", "token", "llm", "history"];
+const BACKENDS: [&str; 5] = ["filter", "token", "llm", "history", "keyword"];
 
 /// How long the stack may take to answer (history migrates its schema first).
 const READY_WITHIN: Duration = Duration::from_secs(30);

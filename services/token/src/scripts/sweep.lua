@@ -1,14 +1,29 @@
--- Refund reservations nobody settled before their deadline (a crashed gateway).
--- KEYS[1] pending set. ARGV: now (unix ms), batch size. Returns how many were refunded.
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+-- Refund one user's reservations nobody settled before their deadline (a crashed gateway).
+-- Every key is the user's and declared, hash-tagged `{user}`: one slot, Cluster-safe.
+-- KEYS[1] the user's pending set, KEYS[2] today's quota counter, KEYS[3] yesterday's,
+-- KEYS[4..] the reservations the caller found past their deadline (each checked again here:
+-- a settlement may have come meanwhile).
+-- ARGV[1] now (unix ms).
+-- Returns {refunded, the earliest deadline still pending or -1 when none}.
+local now = tonumber(ARGV[1])
 local refunded = 0
-for _, reservation in ipairs(expired) do
-  local quota = redis.call('HGET', reservation, 'quota')
-  if quota then
-    redis.call('INCRBY', quota, -tonumber(redis.call('HGET', reservation, 'tokens')))
-    redis.call('DEL', reservation)
-    refunded = refunded + 1
+for i = 4, #KEYS do
+  local reservation = KEYS[i]
+  local deadline = redis.call('ZSCORE', KEYS[1], reservation)
+  if deadline and tonumber(deadline) <= now then
+    local quota = redis.call('HGET', reservation, 'quota')
+    if quota then
+      if quota == KEYS[2] or quota == KEYS[3] then
+        redis.call('INCRBY', quota, -tonumber(redis.call('HGET', reservation, 'tokens')))
+      end
+      redis.call('DEL', reservation)
+      refunded = refunded + 1
+    end
+    redis.call('ZREM', KEYS[1], reservation)
   end
-  redis.call('ZREM', KEYS[1], reservation)
 end
-return refunded
+local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #earliest == 0 then
+  return {refunded, -1}
+end
+return {refunded, tonumber(earliest[2])}

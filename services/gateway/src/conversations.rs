@@ -1,0 +1,313 @@
+//! The caller's conversations: `/conversations...`, and `DELETE /history` (erase all).
+//! Authenticated like `/history` (a credential, or `?user_id=` in trust mode); every call
+//! names the caller to the history service, so another user's conversation is a 404
+//! exactly like an unknown one.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use chat_proto::{
+    Conversation, ConversationRequest, CreateConversationRequest, EraseUserRequest,
+    ListConversationMessagesRequest, ListConversationsRequest, RenameConversationRequest, Role,
+    StoredMessage,
+};
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status};
+
+use crate::ApiError;
+use crate::auth::Caller;
+use crate::routes::AppState;
+
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    user_id: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// The caller of a conversation route, and the page asked for.
+pub struct Owner {
+    caller: Caller,
+    limit: u32,
+    cursor: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let Query(query) = Query::<PageQuery>::try_from_uri(&parts.uri)
+            .map_err(|rejection| ApiError::BadJson(rejection.body_text()))?;
+        let caller = crate::api::admit(state, &parts.headers, query.user_id).await?;
+        Ok(Self {
+            caller,
+            limit: query.limit.unwrap_or(0),
+            cursor: query.cursor.unwrap_or_default(),
+        })
+    }
+}
+
+/// The history service's answer about conversations: its refusals are the caller's.
+fn refused(status: Status) -> ApiError {
+    match status.code() {
+        Code::NotFound => ApiError::NotFound("no such conversation".to_owned()),
+        Code::InvalidArgument => ApiError::InvalidField(status.message().to_owned()),
+        _ => ApiError::dependency("history", status),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ConversationBody {
+    id: String,
+    title: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    message_count: i64,
+}
+
+impl From<Conversation> for ConversationBody {
+    fn from(conversation: Conversation) -> Self {
+        Self {
+            id: conversation.id,
+            title: conversation.title,
+            created_at_ms: conversation.created_at_unix_ms,
+            updated_at_ms: conversation.updated_at_unix_ms,
+            message_count: conversation.message_count,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct MessageBody {
+    id: i64,
+    role: &'static str,
+    text: String,
+    created_at_ms: i64,
+    incomplete: bool,
+}
+
+impl From<StoredMessage> for MessageBody {
+    fn from(message: StoredMessage) -> Self {
+        Self {
+            id: message.id,
+            role: match message.role() {
+                Role::Assistant => "assistant",
+                _ => "user",
+            },
+            text: message.text,
+            created_at_ms: message.created_at_unix_ms,
+            incomplete: message.incomplete,
+        }
+    }
+}
+
+/// The body of a create or a rename.
+#[derive(Debug, Default, Deserialize)]
+struct TitleBody {
+    #[serde(default)]
+    title: Option<String>,
+}
+
+/// A JSON body within the size limit; an empty one is `{}`.
+fn title_body(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<TitleBody, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.max_body_bytes),
+        _ => ApiError::BadJson(rejection.body_text()),
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(TitleBody::default());
+    }
+    serde_json::from_slice(&body).map_err(|error| ApiError::BadJson(error.to_string()))
+}
+
+fn next_cursor(cursor: String) -> Option<String> {
+    (!cursor.is_empty()).then_some(cursor)
+}
+
+/// `POST /conversations` `{"title": "..."}` (optional) → 201 and the conversation.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Owner { caller, .. }: Owner,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = title_body(&state, body)?;
+    let request = CreateConversationRequest {
+        user_id: caller.user_id,
+        title: body.title.unwrap_or_default(),
+    };
+    let created = state
+        .backends
+        .conversations(request, false, async |mut client, request| {
+            client.create_conversation(request).await
+        })
+        .await
+        .map_err(refused)?;
+    Ok((StatusCode::CREATED, Json(ConversationBody::from(created))).into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct ConversationsPage {
+    conversations: Vec<ConversationBody>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /conversations?limit=&cursor=` → the caller's conversations, newest activity
+/// first.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Owner {
+        caller,
+        limit,
+        cursor,
+    }: Owner,
+) -> Result<Response, ApiError> {
+    let request = ListConversationsRequest {
+        user_id: caller.user_id,
+        limit,
+        cursor,
+    };
+    let page = state
+        .backends
+        .conversations(request, false, async |mut client, request| {
+            client.list_conversations(request).await
+        })
+        .await
+        .map_err(refused)?;
+    Ok(Json(ConversationsPage {
+        conversations: page.conversations.into_iter().map(Into::into).collect(),
+        next_cursor: next_cursor(page.next_cursor),
+    })
+    .into_response())
+}
+
+/// `GET /conversations/{id}`.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Owner { caller, .. }: Owner,
+    Path(conversation_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let request = ConversationRequest {
+        user_id: caller.user_id,
+        conversation_id,
+    };
+    let conversation = state
+        .backends
+        .conversations(request, false, async |mut client, request| {
+            client.get_conversation(request).await
+        })
+        .await
+        .map_err(refused)?;
+    Ok(Json(ConversationBody::from(conversation)).into_response())
+}
+
+/// `PATCH /conversations/{id}` `{"title": "..."}` → the renamed conversation.
+pub async fn rename(
+    State(state): State<Arc<AppState>>,
+    Owner { caller, .. }: Owner,
+    Path(conversation_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let title = title_body(&state, body)?
+        .title
+        .ok_or_else(|| ApiError::BadJson("title is required".to_owned()))?;
+    let request = RenameConversationRequest {
+        user_id: caller.user_id,
+        conversation_id,
+        title,
+    };
+    let renamed = state
+        .backends
+        .conversations(request, false, async |mut client, request| {
+            client.rename_conversation(request).await
+        })
+        .await
+        .map_err(refused)?;
+    Ok(Json(ConversationBody::from(renamed)).into_response())
+}
+
+/// `DELETE /conversations/{id}` → 204; its messages go with it, from MySQL and the cache.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Owner { caller, .. }: Owner,
+    Path(conversation_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let request = ConversationRequest {
+        user_id: caller.user_id,
+        conversation_id,
+    };
+    state
+        .backends
+        .conversations(request, true, async |mut client, request| {
+            client.delete_conversation(request).await
+        })
+        .await
+        .map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct MessagesPage {
+    messages: Vec<MessageBody>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /conversations/{id}/messages?limit=&cursor=` → oldest first.
+pub async fn messages(
+    State(state): State<Arc<AppState>>,
+    Owner {
+        caller,
+        limit,
+        cursor,
+    }: Owner,
+    Path(conversation_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let request = ListConversationMessagesRequest {
+        user_id: caller.user_id,
+        conversation_id,
+        limit,
+        cursor,
+    };
+    let page = state
+        .backends
+        .conversations(request, false, async |mut client, request| {
+            client.list_conversation_messages(request).await
+        })
+        .await
+        .map_err(refused)?;
+    Ok(Json(MessagesPage {
+        messages: page.messages.into_iter().map(Into::into).collect(),
+        next_cursor: next_cursor(page.next_cursor),
+    })
+    .into_response())
+}
+
+/// `DELETE /history` → 204: every conversation and message of the caller, from MySQL
+/// and the cache. The day's quota spending stays.
+pub async fn erase(
+    State(state): State<Arc<AppState>>,
+    Owner { caller, .. }: Owner,
+) -> Result<Response, ApiError> {
+    let request = EraseUserRequest {
+        user_id: caller.user_id,
+    };
+    state
+        .backends
+        .conversations(request, true, async |mut client, request| {
+            client.erase_user(request).await
+        })
+        .await
+        .map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

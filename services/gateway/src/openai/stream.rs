@@ -1,0 +1,267 @@
+//! `stream: true`: OpenAI's chunk stream, run in a task of its own so that a client
+//! that hangs up cannot cut the settlement short.
+//!
+//! Unlike `/chat/stream`, a client leaving does not cancel the model's call: the task
+//! reads the stream to its end and settles to the usage the provider reports, so the
+//! charge is exactly what the provider bills (the reply is saved, marked incomplete,
+//! since the client did not get all of it). SDKs close streams early routinely; an
+//! estimate there would make every such charge approximate. The cost is bounded by the
+//! output cap, which the reservation already holds.
+
+use std::time::Duration;
+
+use chat_common::tokens;
+use chat_proto::{CompleteChunk, CompleteRequest};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Status, Streaming};
+
+use super::error::V1Error;
+use super::exchange::{Exchange, Written};
+use super::{Head, llm_error, usage_json};
+use crate::Backends;
+use crate::metrics::{self, StreamOutcome};
+
+/// One server-sent event of the stream.
+#[derive(Debug)]
+pub enum Event {
+    /// `data: <chunk>`.
+    Chunk(Value),
+    /// `data: [DONE]`, the last event of a stream that completed.
+    Done,
+    /// `data: {"error": ...}`, the last event of a stream that broke after it began.
+    Failed(V1Error),
+}
+
+/// What the stream answers first: its events, or the error that ended it before the
+/// first chunk (which keeps its HTTP status).
+pub type Opening = Result<mpsc::Receiver<Event>, V1Error>;
+
+/// Events waiting for a slow client before the relay waits for it.
+const EVENT_BUFFER: usize = 64;
+
+/// Runs the completion to its end whatever the client does.
+pub async fn run(
+    backends: Backends,
+    exchange: Exchange,
+    request: CompleteRequest,
+    head: Head,
+    include_usage: bool,
+    opened: oneshot::Sender<Opening>,
+) {
+    let patience = backends.llm_deadline();
+    let mut chunks = match backends.complete_stream(request).await {
+        Ok(chunks) => chunks,
+        Err(status) => {
+            exchange.abandon().await;
+            let _ = opened.send(Err(llm_error(status)));
+            return;
+        }
+    };
+    // The first chunk decides the status: an error before it is an ordinary error.
+    let first = match next_chunk(&mut chunks, patience).await {
+        Ok(first) => first,
+        Err(status) => {
+            exchange.abandon().await;
+            let _ = opened.send(Err(llm_error(status)));
+            return;
+        }
+    };
+    let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+    let mut client = opened.send(Ok(receiver)).is_ok().then_some(events);
+    let role = head.chunk(json!({"role": "assistant", "content": ""}), None);
+    send(&mut client, Event::Chunk(role)).await;
+
+    let mut written = Written::default();
+    let mut finished = false;
+    let mut next = Some(Ok(first));
+    let ending = loop {
+        let chunk = match next.take() {
+            Some(chunk) => chunk,
+            None => next_chunk(&mut chunks, patience).await,
+        };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(status) => break Err(status),
+        };
+        for event in events_of(&head, &chunk, &mut written, &mut finished) {
+            send(&mut client, Event::Chunk(event)).await;
+        }
+        if let Some(usage) = chunk.usage {
+            break Ok((usage, chunk.model));
+        }
+    };
+    let incomplete = client.is_none();
+    match ending {
+        Ok((usage, model)) => {
+            if !finished {
+                // A provider that never said why it stopped.
+                let reason = if written.tool_calls.is_empty() {
+                    "stop"
+                } else {
+                    "tool_calls"
+                };
+                send(
+                    &mut client,
+                    Event::Chunk(head.chunk(json!({}), Some(reason))),
+                )
+                .await;
+            }
+            metrics::stream_ended(if incomplete {
+                StreamOutcome::ClientGone
+            } else {
+                StreamOutcome::Finished
+            });
+            exchange
+                .close(usage.total_tokens, &written, incomplete)
+                .await;
+            if include_usage {
+                let mut last = head.with_model(&model).envelope(json!([]));
+                last["usage"] = usage_json(&usage);
+                send(&mut client, Event::Chunk(last)).await;
+            }
+            send(&mut client, Event::Done).await;
+        }
+        Err(status) => {
+            // No usage came: charge what was generated, counted with our tokenizer.
+            let arguments = written
+                .tool_calls
+                .iter()
+                .map(|(_, arguments)| arguments.as_str());
+            let generated: usize = std::iter::once(written.text.as_str())
+                .chain(arguments)
+                .map(tokens::count)
+                .sum();
+            let used = exchange.prompt_tokens + generated as i64;
+            metrics::stream_ended(StreamOutcome::Broken);
+            tracing::warn!(code = ?status.code(), message = %status.message(), "llm stream broke; partial reply saved");
+            exchange.close(used, &written, true).await;
+            send(&mut client, Event::Failed(llm_error(status))).await;
+        }
+    }
+}
+
+/// Sends to the client while it is there; once it has gone, nothing more is sent.
+async fn send(client: &mut Option<mpsc::Sender<Event>>, event: Event) {
+    if let Some(events) = client
+        && events.send(event).await.is_err()
+    {
+        tracing::info!("client left mid-stream; reading the completion to its end to settle it");
+        *client = None;
+    }
+}
+
+/// OpenAI's chunks for one chunk of the llm service, and what it adds to the reply.
+fn events_of(
+    head: &Head,
+    chunk: &CompleteChunk,
+    written: &mut Written,
+    finished: &mut bool,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    if !chunk.delta.is_empty() {
+        written.text.push_str(&chunk.delta);
+        out.push(head.chunk(json!({"content": chunk.delta}), None));
+    }
+    if !chunk.tool_calls.is_empty() {
+        let calls: Vec<Value> = chunk
+            .tool_calls
+            .iter()
+            .map(|call| {
+                let index = call.index as usize;
+                if written.tool_calls.len() <= index {
+                    written.tool_calls.resize(index + 1, Default::default());
+                }
+                written.tool_calls[index].0.push_str(&call.name);
+                written.tool_calls[index].1.push_str(&call.arguments);
+                let mut function = json!({"arguments": call.arguments});
+                let mut delta = json!({"index": call.index});
+                if !call.id.is_empty() {
+                    delta["id"] = call.id.clone().into();
+                    delta["type"] = "function".into();
+                }
+                if !call.name.is_empty() {
+                    function["name"] = call.name.clone().into();
+                }
+                delta["function"] = function;
+                delta
+            })
+            .collect();
+        out.push(head.chunk(json!({"tool_calls": calls}), None));
+    }
+    if !chunk.finish_reason.is_empty() {
+        *finished = true;
+        out.push(head.chunk(json!({}), Some(&chunk.finish_reason)));
+    }
+    out
+}
+
+/// The next chunk within `patience`; the end of the stream before the usage, a
+/// silence and an error all end it.
+async fn next_chunk(
+    chunks: &mut Streaming<CompleteChunk>,
+    patience: Duration,
+) -> Result<CompleteChunk, Status> {
+    match tokio::time::timeout(patience, chunks.message()).await {
+        Ok(Ok(Some(chunk))) => Ok(chunk),
+        Ok(Ok(None)) => Err(Status::internal("the llm stream ended without its usage")),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::deadline_exceeded("the llm stream went silent")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_proto::ToolCallDelta;
+
+    use super::*;
+
+    #[test]
+    fn llm_chunks_become_openai_chunks() {
+        let head = Head::new("gpt-test");
+        let mut written = Written::default();
+        let mut finished = false;
+        let first = CompleteChunk {
+            tool_calls: vec![ToolCallDelta {
+                index: 0,
+                id: "call_1".into(),
+                name: "f".into(),
+                arguments: String::new(),
+            }],
+            ..CompleteChunk::default()
+        };
+        let events = events_of(&head, &first, &mut written, &mut finished);
+        let call = &events[0]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(call["id"], "call_1");
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "f");
+        let more = CompleteChunk {
+            tool_calls: vec![ToolCallDelta {
+                index: 0,
+                arguments: "{\"a\":1}".into(),
+                ..ToolCallDelta::default()
+            }],
+            finish_reason: "tool_calls".into(),
+            ..CompleteChunk::default()
+        };
+        let events = events_of(&head, &more, &mut written, &mut finished);
+        let call = &events[0]["choices"][0]["delta"]["tool_calls"][0];
+        assert!(call.get("id").is_none() && call["function"].get("name").is_none());
+        assert_eq!(events[1]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(events[1]["object"], "chat.completion.chunk");
+        assert!(finished);
+        assert_eq!(
+            written.tool_calls,
+            [("f".to_owned(), "{\"a\":1}".to_owned())]
+        );
+
+        let text = CompleteChunk {
+            delta: "hi".into(),
+            ..CompleteChunk::default()
+        };
+        let events = events_of(&head, &text, &mut written, &mut finished);
+        assert_eq!(events[0]["choices"][0]["delta"]["content"], "hi");
+        assert_eq!(events[0]["choices"][0]["finish_reason"], Value::Null);
+        assert_eq!(events[0]["model"], "gpt-test");
+    }
+}

@@ -1,0 +1,362 @@
+//! The inverted index in MySQL (tables from migration 0007), fed from the saved history.
+//!
+//! One replica at a time indexes: the one holding the MySQL named lock
+//! `chat_keyword_indexer` on a connection of its own (a replica that dies lets it go with
+//! its connection). It reads the messages saved since the newest indexed one, less a
+//! look-back of [`LOOKBACK_IDS`] ids for saves that committed out of id order, skips those
+//! already indexed, and writes each message's row, postings and the user's totals in one
+//! transaction. A message is only ever indexed after it was saved, and at most once: the
+//! message row is `INSERT IGNORE`d first and the postings follow only when it went in.
+//!
+//! Deleted messages (a conversation deleted, the history erased) are never returned: a
+//! search joins `chat_history`. The same replica sweeps their rows out in the background,
+//! a range of ids at a time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Params, Pool, TxOpts, Value};
+
+use crate::error::KeywordError;
+use crate::metrics;
+use crate::terms::Analyzer;
+
+/// How far below the newest indexed id the indexer looks again for messages whose save
+/// committed after a later one's.
+const LOOKBACK_IDS: i64 = 1000;
+/// Characters of a message analysed: enough for every term that matters.
+const MAX_ANALYSED_CHARS: usize = 20_000;
+/// Postings in one INSERT.
+const POSTINGS_PER_INSERT: usize = 500;
+/// Ids examined per sweep step.
+const SWEEP_SPAN: i64 = 5000;
+const LOCK: &str = "chat_keyword_indexer";
+
+/// A saved message to index.
+struct Saved {
+    id: i64,
+    user_id: String,
+    text: String,
+}
+
+#[derive(Clone)]
+pub struct Index {
+    pub(crate) mysql: Pool,
+    pub(crate) analyzer: Arc<Analyzer>,
+    pub(crate) timeout: Duration,
+    batch: u32,
+}
+
+impl Index {
+    pub fn new(mysql: Pool, analyzer: Arc<Analyzer>, timeout: Duration, batch: u32) -> Self {
+        Self {
+            mysql,
+            analyzer,
+            timeout,
+            batch: batch.max(1),
+        }
+    }
+
+    /// Runs `work` on a pooled connection within the deadline.
+    pub(crate) async fn with_conn<T>(
+        &self,
+        operation: &'static str,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, mysql_async::Error>,
+    ) -> Result<T, KeywordError> {
+        let call = async {
+            let mut conn = self.mysql.get_conn().await?;
+            work(&mut conn).await
+        };
+        let timed = async {
+            tokio::time::timeout(self.timeout, call)
+                .await
+                .map_err(|_| KeywordError::TimedOut)?
+                .map_err(KeywordError::Mysql)
+        };
+        chat_common::observe::db(metrics::MYSQL, operation, timed).await
+    }
+
+    /// Indexes the messages saved since the last round; returns how many it indexed.
+    pub async fn index_new(&self) -> Result<usize, KeywordError> {
+        let batch = self.batch;
+        let saved = self
+            .with_conn("select", async |conn| {
+                let newest: Option<i64> = conn
+                    .query_first("SELECT COALESCE(MAX(message_id), 0) FROM keyword_docs")
+                    .await?;
+                let floor = newest.unwrap_or(0) - LOOKBACK_IDS;
+                conn.exec_map(
+                    "SELECT h.id, h.user_id, h.text FROM chat_history h \
+                     LEFT JOIN keyword_docs d ON d.message_id = h.id \
+                     WHERE h.id > ? AND d.message_id IS NULL ORDER BY h.id LIMIT ?",
+                    (floor, batch),
+                    |(id, user_id, text)| Saved { id, user_id, text },
+                )
+                .await
+            })
+            .await?;
+        self.write(saved).await
+    }
+
+    /// Writes the index rows of `saved` in one transaction; returns how many were new.
+    async fn write(&self, saved: Vec<Saved>) -> Result<usize, KeywordError> {
+        if saved.is_empty() {
+            return Ok(0);
+        }
+        // Analysis is CPU work: off the async threads.
+        let analyzer = self.analyzer.clone();
+        let analysed = tokio::task::spawn_blocking(move || {
+            saved
+                .into_iter()
+                .map(|message| {
+                    let text: String = message.text.chars().take(MAX_ANALYSED_CHARS).collect();
+                    let counts = analyzer.term_counts(&text);
+                    (message, counts)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|error| KeywordError::Analysis(error.to_string()))?;
+        let indexed = self
+            .with_conn("insert", async |conn| {
+                let mut tx = conn.start_transaction(TxOpts::default()).await?;
+                let mut indexed = 0;
+                let mut totals: HashMap<&str, (i64, i64)> = HashMap::new();
+                let mut postings: Vec<Value> = Vec::new();
+                for (message, counts) in &analysed {
+                    let length: i64 = counts.values().map(|count| i64::from(*count)).sum();
+                    tx.exec_drop(
+                        "INSERT IGNORE INTO keyword_docs (message_id, user_id, terms) VALUES (?, ?, ?)",
+                        (message.id, &message.user_id, length),
+                    )
+                    .await?;
+                    if tx.affected_rows() == 0 {
+                        continue;
+                    }
+                    indexed += 1;
+                    let total = totals.entry(message.user_id.as_str()).or_default();
+                    total.0 += 1;
+                    total.1 += length;
+                    for (term, count) in counts {
+                        postings.extend([
+                            message.user_id.as_str().into(),
+                            term.as_str().into(),
+                            message.id.into(),
+                            (*count).into(),
+                        ]);
+                    }
+                }
+                for chunk in postings.chunks(POSTINGS_PER_INSERT * 4) {
+                    let rows = vec!["(?, ?, ?, ?)"; chunk.len() / 4].join(", ");
+                    tx.exec_drop(
+                        format!(
+                            "INSERT IGNORE INTO keyword_postings (user_id, term, message_id, tf) VALUES {rows}"
+                        ),
+                        Params::Positional(chunk.to_vec()),
+                    )
+                    .await?;
+                }
+                for (user_id, (docs, terms)) in totals {
+                    tx.exec_drop(
+                        "INSERT INTO keyword_users (user_id, docs, total_terms) VALUES (?, ?, ?) \
+                         ON DUPLICATE KEY UPDATE docs = docs + ?, total_terms = total_terms + ?",
+                        (user_id, docs, terms, docs, terms),
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(indexed)
+            })
+            .await?;
+        metrics::indexed(indexed);
+        Ok(indexed)
+    }
+
+    /// Removes the index rows of messages that are no longer in the history, among the ids
+    /// after `from` (a span of [`SWEEP_SPAN`]); returns where to go on from and how many
+    /// messages were swept.
+    pub async fn sweep(&self, from: i64) -> Result<(i64, usize), KeywordError> {
+        let swept = self
+            .with_conn("delete", async |conn| {
+                let gone: Vec<(i64, String, i64)> = conn
+                    .exec(
+                        "SELECT d.message_id, d.user_id, d.terms FROM keyword_docs d \
+                         LEFT JOIN chat_history h ON h.id = d.message_id \
+                         WHERE d.message_id > ? AND d.message_id <= ? AND h.id IS NULL",
+                        (from, from + SWEEP_SPAN),
+                    )
+                    .await?;
+                let newest: Option<i64> = conn
+                    .query_first("SELECT COALESCE(MAX(message_id), 0) FROM keyword_docs")
+                    .await?;
+                let mut tx = conn.start_transaction(TxOpts::default()).await?;
+                for (message_id, user_id, terms) in &gone {
+                    tx.exec_drop(
+                        "DELETE FROM keyword_postings WHERE message_id = ?",
+                        (message_id,),
+                    )
+                    .await?;
+                    tx.exec_drop(
+                        "DELETE FROM keyword_docs WHERE message_id = ?",
+                        (message_id,),
+                    )
+                    .await?;
+                    if tx.affected_rows() == 1 {
+                        tx.exec_drop(
+                            "UPDATE keyword_users SET docs = GREATEST(docs - 1, 0), \
+                             total_terms = GREATEST(total_terms - ?, 0) WHERE user_id = ?",
+                            (terms, user_id),
+                        )
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+                let next = if from + SWEEP_SPAN >= newest.unwrap_or(0) {
+                    0
+                } else {
+                    from + SWEEP_SPAN
+                };
+                Ok((next, gone.len()))
+            })
+            .await?;
+        metrics::swept(swept.1);
+        Ok(swept)
+    }
+
+    /// Drops the index of one user (or everyone's) and builds it again from the history;
+    /// returns how many messages it indexed.
+    pub async fn reindex(&self, user_id: Option<&str>) -> Result<i64, KeywordError> {
+        let owned = user_id.map(str::to_owned);
+        self.with_conn("delete", async |conn| {
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            match &owned {
+                Some(user) => {
+                    for table in ["keyword_postings", "keyword_docs", "keyword_users"] {
+                        tx.exec_drop(format!("DELETE FROM {table} WHERE user_id = ?"), (user,))
+                            .await?;
+                    }
+                }
+                None => {
+                    for table in ["keyword_postings", "keyword_docs", "keyword_users"] {
+                        tx.query_drop(format!("DELETE FROM {table}")).await?;
+                    }
+                }
+            }
+            tx.commit().await
+        })
+        .await?;
+        let mut after = 0_i64;
+        let mut total = 0_i64;
+        loop {
+            let (batch, owned) = (self.batch, owned.clone());
+            let saved = self
+                .with_conn("select", async |conn| {
+                    let map = |(id, user_id, text)| Saved { id, user_id, text };
+                    match owned {
+                        Some(user) => {
+                            conn.exec_map(
+                                "SELECT id, user_id, text FROM chat_history \
+                                 WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
+                                (user, after, batch),
+                                map,
+                            )
+                            .await
+                        }
+                        None => {
+                            conn.exec_map(
+                                "SELECT id, user_id, text FROM chat_history \
+                                 WHERE id > ? ORDER BY id LIMIT ?",
+                                (after, batch),
+                                map,
+                            )
+                            .await
+                        }
+                    }
+                })
+                .await?;
+            let Some(last) = saved.last() else {
+                break;
+            };
+            after = last.id;
+            total += self.write(saved).await? as i64;
+        }
+        tracing::info!(
+            user_id = user_id.unwrap_or("*"),
+            messages = total,
+            "reindexed"
+        );
+        Ok(total)
+    }
+
+    /// The indexer: while this replica holds the lock, indexes new messages every
+    /// `interval` (at once again after a full batch) and sweeps deleted ones; otherwise
+    /// tries to take the lock every few intervals. Returns when `shutdown` resolves.
+    pub async fn run(self, interval: Duration, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut lock: Option<Conn> = None;
+        let mut sweep_from = 0_i64;
+        let mut round = 0_u64;
+        loop {
+            let mut pause = interval;
+            lock = match lock.take() {
+                Some(mut conn) => match conn.ping().await {
+                    Ok(()) => Some(conn),
+                    Err(error) => {
+                        tracing::warn!(%error, "keyword indexer lost its lock connection");
+                        metrics::leader(false);
+                        None
+                    }
+                },
+                None if round.is_multiple_of(5) => self.take_lock().await,
+                None => None,
+            };
+            if lock.is_some() {
+                match self.index_new().await {
+                    Ok(indexed) if indexed as u32 >= self.batch => pause = Duration::ZERO,
+                    Ok(_) => {}
+                    Err(error) => {
+                        metrics::index_failed();
+                        tracing::warn!(%error, "indexing new messages failed");
+                    }
+                }
+                if round.is_multiple_of(10) {
+                    match self.sweep(sweep_from).await {
+                        Ok((next, _)) => sweep_from = next,
+                        Err(error) => tracing::warn!(%error, "sweeping deleted messages failed"),
+                    }
+                }
+            }
+            round += 1;
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        metrics::leader(false);
+    }
+
+    /// A connection holding the indexer lock, if no other replica holds it.
+    async fn take_lock(&self) -> Option<Conn> {
+        let attempt = async {
+            let mut conn = self.mysql.get_conn().await?;
+            let held: Option<Option<i64>> =
+                conn.exec_first("SELECT GET_LOCK(?, 0)", (LOCK,)).await?;
+            Ok::<_, mysql_async::Error>((held.flatten() == Some(1)).then_some(conn))
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(Some(conn))) => {
+                tracing::info!("this replica now indexes");
+                metrics::leader(true);
+                Some(conn)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot take the indexer lock");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

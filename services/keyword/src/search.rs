@@ -1,0 +1,193 @@
+//! Search: one user's saved messages ranked by BM25 over the index's terms.
+//!
+//! Reads the user's totals (documents, terms), the postings of the query's terms (one
+//! index range each, on the user-first primary key), scores in memory, then reads the
+//! best messages from `chat_history` by id and user: a message deleted since it was
+//! indexed is simply not there, and another user's never could be.
+
+use std::collections::{HashMap, HashSet};
+
+use chat_common::user::validate_user_id;
+use chat_proto::{Role, SearchHit, SearchRequest, TextRange};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Params, Value};
+
+use crate::error::KeywordError;
+use crate::index::Index;
+use crate::metrics;
+use crate::terms::highlights;
+
+/// BM25's term-frequency saturation and length normalisation.
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
+const DEFAULT_LIMIT: u32 = 10;
+const MAX_LIMIT: u32 = 50;
+/// Query terms used at most.
+const MAX_QUERY_TERMS: usize = 16;
+/// Postings read at most for one query: bounds the cost of very common terms.
+const MAX_POSTINGS: u32 = 20_000;
+const MAX_QUERY_CHARS: usize = 2000;
+
+/// The score of each candidate message, best first.
+pub fn rank(
+    documents: i64,
+    total_terms: i64,
+    postings: &[(String, i64, i64, i64)],
+) -> Vec<(i64, f64)> {
+    let documents = documents.max(1) as f64;
+    let average = (total_terms.max(1) as f64 / documents).max(1.0);
+    let mut frequency: HashMap<&str, f64> = HashMap::new();
+    for (term, ..) in postings {
+        *frequency.entry(term.as_str()).or_default() += 1.0;
+    }
+    let mut scores: HashMap<i64, f64> = HashMap::new();
+    for (term, message_id, tf, length) in postings {
+        let df = frequency[term.as_str()];
+        let idf = (1.0 + (documents - df + 0.5) / (df + 0.5)).ln();
+        let tf = *tf as f64;
+        let norm = K1 * (1.0 - B + B * (*length as f64) / average);
+        *scores.entry(*message_id).or_default() += idf * tf * (K1 + 1.0) / (tf + norm);
+    }
+    let mut ranked: Vec<(i64, f64)> = scores.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+    ranked
+}
+
+impl Index {
+    pub async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>, KeywordError> {
+        validate_user_id(&request.user_id)?;
+        if request.query.chars().count() > MAX_QUERY_CHARS {
+            return Err(KeywordError::TooLong(MAX_QUERY_CHARS));
+        }
+        let terms = self.analyzer.query_terms(&request.query, MAX_QUERY_TERMS);
+        if terms.is_empty() {
+            return Err(KeywordError::EmptyQuery);
+        }
+        let limit = match request.limit {
+            0 => DEFAULT_LIMIT,
+            limit => limit.min(MAX_LIMIT),
+        } as usize;
+        let user_id = request.user_id.clone();
+        let exclude: HashSet<i64> = request.exclude_ids.iter().copied().collect();
+        let conversation = request.conversation_id.clone();
+        let query_terms = terms.clone();
+        let rows = self
+            .with_conn("select", async |conn| {
+                let totals: Option<(i64, i64)> = conn
+                    .exec_first(
+                        "SELECT docs, total_terms FROM keyword_users WHERE user_id = ?",
+                        (&user_id,),
+                    )
+                    .await?;
+                let Some((documents, total_terms)) = totals else {
+                    return Ok(Vec::new());
+                };
+                let marks = vec!["?"; query_terms.len()].join(", ");
+                let mut params: Vec<Value> = vec![user_id.as_str().into()];
+                params.extend(query_terms.iter().map(|term| Value::from(term.as_str())));
+                params.push(MAX_POSTINGS.into());
+                let postings: Vec<(String, i64, i64, i64)> = conn
+                    .exec(
+                        format!(
+                            "SELECT p.term, p.message_id, p.tf, d.terms FROM keyword_postings p \
+                             JOIN keyword_docs d ON d.message_id = p.message_id \
+                             WHERE p.user_id = ? AND p.term IN ({marks}) LIMIT ?"
+                        ),
+                        Params::Positional(params),
+                    )
+                    .await?;
+                let ranked: Vec<(i64, f64)> = rank(documents, total_terms, &postings)
+                    .into_iter()
+                    .filter(|(id, _)| !exclude.contains(id))
+                    .take(limit * 4)
+                    .collect();
+                if ranked.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let scores: HashMap<i64, f64> = ranked.iter().copied().collect();
+                let marks = vec!["?"; ranked.len()].join(", ");
+                let mut params: Vec<Value> = vec![user_id.as_str().into()];
+                params.extend(ranked.iter().map(|(id, _)| Value::from(*id)));
+                let mut found: Vec<(i64, String, String, String, i64, f64)> = conn
+                    .exec_map(
+                        format!(
+                            "SELECT id, conversation_id, CAST(role AS CHAR), text, \
+                             CAST(UNIX_TIMESTAMP(created_at) * 1000 AS SIGNED) \
+                             FROM chat_history WHERE user_id = ? AND id IN ({marks})"
+                        ),
+                        Params::Positional(params),
+                        |(id, conversation_id, role, text, created)| {
+                            (id, conversation_id, role, text, created, 0.0)
+                        },
+                    )
+                    .await?;
+                for row in &mut found {
+                    row.5 = scores.get(&row.0).copied().unwrap_or_default();
+                }
+                Ok(found)
+            })
+            .await?;
+        let mut hits: Vec<SearchHit> = rows
+            .into_iter()
+            .filter(|row| conversation.is_empty() || row.1 == conversation)
+            .map(
+                |(id, conversation_id, role, text, created, score)| SearchHit {
+                    message_id: id,
+                    conversation_id,
+                    role: if role == "assistant" {
+                        Role::Assistant
+                    } else {
+                        Role::User
+                    }
+                    .into(),
+                    highlights: highlights(&text, &terms)
+                        .into_iter()
+                        .map(|(start, end)| TextRange { start, end })
+                        .collect(),
+                    text,
+                    created_at_unix_ms: created,
+                    score,
+                },
+            )
+            .collect();
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(b.message_id.cmp(&a.message_id))
+        });
+        hits.truncate(limit);
+        metrics::search_hits(hits.len());
+        Ok(hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn posting(term: &str, message: i64, tf: i64, length: i64) -> (String, i64, i64, i64) {
+        (term.to_owned(), message, tf, length)
+    }
+
+    #[test]
+    fn rarer_terms_and_more_matches_rank_higher() {
+        // 100 messages; "biscuit" in one, "dog" in ten.
+        let postings = [
+            posting("biscuit", 1, 1, 5),
+            posting("dog", 1, 1, 5),
+            posting("dog", 2, 1, 5),
+            posting("dog", 3, 3, 5),
+        ];
+        let ranked = rank(100, 500, &postings);
+        assert_eq!(ranked[0].0, 1, "{ranked:?}");
+        assert!(ranked[1].0 == 3 && ranked[2].0 == 2, "{ranked:?}");
+    }
+
+    #[test]
+    fn longer_messages_weigh_a_match_less() {
+        let postings = [posting("cat", 1, 1, 50), posting("cat", 2, 1, 5)];
+        let ranked = rank(10, 100, &postings);
+        assert_eq!(ranked[0].0, 2);
+        assert!(ranked[0].1 > ranked[1].1);
+    }
+}

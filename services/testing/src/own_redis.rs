@@ -1,0 +1,110 @@
+//! A Redis server of the test's own, as a child process on a free port: for tests that
+//! stop Redis and start it again (never the shared one), or that need it in cluster mode.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+pub struct OwnRedis {
+    pub port: u16,
+    cluster: bool,
+    dir: PathBuf,
+    server: Option<Child>,
+}
+
+impl OwnRedis {
+    /// A plain server, no persistence: a restart starts empty.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::launch(false).await
+    }
+
+    /// A one-node Redis Cluster owning every slot: a script that declares keys of two
+    /// slots fails there with `CROSSSLOT`, as on any cluster.
+    pub async fn start_cluster() -> anyhow::Result<Self> {
+        let redis = Self::launch(true).await?;
+        let pool = chat_common::redis::pool(&redis.addr(), 1, Duration::from_secs(2))?;
+        let mut connection = pool.get().await?;
+        let _: String = deadpool_redis::redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query_async(&mut connection)
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = deadpool_redis::redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut connection)
+                .await?;
+            if info.contains("cluster_state:ok") {
+                return Ok(redis);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the cluster did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn launch(cluster: bool) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("own-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let mut redis = Self {
+            port,
+            cluster,
+            dir,
+            server: None,
+        };
+        redis.resume().await?;
+        Ok(redis)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir);
+        if self.cluster {
+            command.args(["--cluster-enabled", "yes"]);
+        }
+        let server = command
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| anyhow::anyhow!("cannot start redis-server ({error})"))?;
+        self.server = Some(server);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server; its port stays this one's.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut server) = self.server.take() {
+            server.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
