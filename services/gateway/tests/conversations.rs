@@ -38,26 +38,6 @@ async fn new_conversation(stack: &Stack, user: &str) -> anyhow::Result<String> {
     Ok(created["id"].as_str().unwrap_or_default().to_owned())
 }
 
-/// A chat in `conversation` (or none named); answers status and body.
-async fn chat_in(
-    stack: &Stack,
-    user: &str,
-    conversation: Option<&str>,
-    text: &str,
-) -> anyhow::Result<(StatusCode, Value)> {
-    let mut body = json!({"user_id": user, "text": text});
-    if let Some(id) = conversation {
-        body["conversation_id"] = id.into();
-    }
-    let response = stack
-        .http
-        .post(stack.url("/chat"))
-        .json(&body)
-        .send()
-        .await?;
-    Ok((response.status(), response.json().await?))
-}
-
 /// The contents of the messages the provider was sent in its latest request.
 fn last_prompt(stack: &Stack) -> Vec<String> {
     let requests = stack.provider.requests();
@@ -77,22 +57,22 @@ async fn two_conversations_never_see_each_others_context_at_the_provider() -> an
         new_conversation(&stack, "u1").await?,
         new_conversation(&stack, "u1").await?,
     );
-    let (status, body) = chat_in(&stack, "u1", Some(&ada), "my name is Ada").await?;
+    let (status, body) = stack.chat_in("u1", Some(&ada), "my name is Ada").await?;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["conversation_id"],
         ada.as_str(),
         "the response says where it went"
     );
-    chat_in(&stack, "u1", Some(&bob), "my name is Bob").await?;
+    stack.chat_in("u1", Some(&bob), "my name is Bob").await?;
 
-    let (_, body) = chat_in(&stack, "u1", Some(&ada), "what is my name?").await?;
+    let (_, body) = stack.chat_in("u1", Some(&ada), "what is my name?").await?;
     assert_eq!(body["conversation_id"], ada.as_str());
     assert_eq!(
         last_prompt(&stack),
         ["my name is Ada", "echo: my name is Ada", "what is my name?"]
     );
-    chat_in(&stack, "u1", Some(&bob), "and mine?").await?;
+    stack.chat_in("u1", Some(&bob), "and mine?").await?;
     assert_eq!(
         last_prompt(&stack),
         ["my name is Bob", "echo: my name is Bob", "and mine?"]
@@ -203,11 +183,11 @@ async fn a_chat_without_a_conversation_continues_the_most_recent_one() -> anyhow
 async fn a_deleted_conversation_leaves_mysql_and_the_cache_and_then_is_404() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let doomed = new_conversation(&stack, "u1").await?;
-    chat_in(&stack, "u1", Some(&doomed), "secret one").await?;
+    stack.chat_in("u1", Some(&doomed), "secret one").await?;
     // The second chat reads the first as context: the conversation's cache is filled.
-    chat_in(&stack, "u1", Some(&doomed), "secret two").await?;
+    stack.chat_in("u1", Some(&doomed), "secret two").await?;
     let kept = new_conversation(&stack, "u1").await?;
-    chat_in(&stack, "u1", Some(&kept), "keep this").await?;
+    stack.chat_in("u1", Some(&kept), "keep this").await?;
     stack.history("u1").await?;
     let keys = stack.redis_keys().await?;
     assert!(keys.iter().any(|key| key.contains(&doomed)), "{keys:?}");
@@ -238,7 +218,7 @@ async fn a_deleted_conversation_leaves_mysql_and_the_cache_and_then_is_404() -> 
         assert_eq!(body["code"], "not_found");
     }
     let before = stack.provider.requests().len();
-    let (status, body) = chat_in(&stack, "u1", Some(&doomed), "back?").await?;
+    let (status, body) = stack.chat_in("u1", Some(&doomed), "back?").await?;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
@@ -269,8 +249,8 @@ async fn erasing_all_leaves_nothing_of_the_users_messages_in_mysql_or_redis() ->
     let stack = Stack::start().await?;
     for _ in 0..2 {
         let id = new_conversation(&stack, "u1").await?;
-        chat_in(&stack, "u1", Some(&id), "private words").await?;
-        chat_in(&stack, "u1", Some(&id), "more private words").await?;
+        stack.chat_in("u1", Some(&id), "private words").await?;
+        stack.chat_in("u1", Some(&id), "more private words").await?;
     }
     stack.chat("u2", "someone else").await?;
     stack.history("u1").await?;
@@ -354,7 +334,7 @@ async fn another_users_conversation_is_404_and_never_shows_its_content() -> anyh
         assert_eq!(answer["code"], "not_found");
         assert!(!answer.to_string().contains("secret"), "{answer}");
     }
-    let (status, answer) = chat_in(&stack, "bob", Some(&theirs), "let me in").await?;
+    let (status, answer) = stack.chat_in("bob", Some(&theirs), "let me in").await?;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
     assert_eq!(
         stack.provider.requests().len(),
@@ -376,7 +356,9 @@ async fn pages_of_messages_hold_every_message_exactly_once() -> anyhow::Result<(
     let stack = Stack::start().await?;
     let id = new_conversation(&stack, "u1").await?;
     for i in 0..7 {
-        chat_in(&stack, "u1", Some(&id), &format!("question {i}")).await?;
+        stack
+            .chat_in("u1", Some(&id), &format!("question {i}"))
+            .await?;
     }
     let path = format!("/conversations/{id}/messages");
     let (_, everything) = call(&stack, Method::GET, &path, "u1", None).await?;
@@ -467,7 +449,7 @@ async fn titles_come_from_the_first_message_and_can_be_renamed() -> anyhow::Resu
     assert_eq!(got["title"], "Trip plans", "a title given stays");
 
     let untitled = new_conversation(&stack, "u1").await?;
-    chat_in(&stack, "u1", Some(&untitled), long).await?;
+    stack.chat_in("u1", Some(&untitled), long).await?;
     let path = format!("/conversations/{untitled}");
     let (_, got) = call(&stack, Method::GET, &path, "u1", None).await?;
     assert_eq!(

@@ -19,28 +19,16 @@ async fn stack() -> anyhow::Result<Stack> {
     .await
 }
 
+/// A chat that must answer 200; its body.
 async fn chat_in(
     stack: &Stack,
     user: &str,
     conversation: Option<&str>,
     text: &str,
 ) -> anyhow::Result<Value> {
-    let mut body = serde_json::json!({"user_id": user, "text": text});
-    if let Some(id) = conversation {
-        body["conversation_id"] = id.into();
-    }
-    let response = stack
-        .http
-        .post(stack.url("/chat"))
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status() == StatusCode::OK,
-        "chat: {}",
-        response.status()
-    );
-    Ok(response.json().await?)
+    let (status, body) = stack.chat_in(user, conversation, text).await?;
+    anyhow::ensure!(status == StatusCode::OK, "chat: {status} {body}");
+    Ok(body)
 }
 
 async fn search(stack: &Stack, user: &str, query: &str) -> anyhow::Result<(StatusCode, Value)> {

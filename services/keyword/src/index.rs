@@ -1,7 +1,7 @@
 //! The inverted index in MySQL (tables from migration 0007), fed from the saved history.
 //!
 //! One replica at a time indexes: the one holding the MySQL named lock
-//! `chat_keyword_indexer` on a connection of its own (a replica that dies lets it go with
+//! `chat_keyword_indexer:<md5 of the database name>` on a connection of its own (a replica that dies lets it go with
 //! its connection). It reads the messages saved since the newest indexed one, less a
 //! look-back of [`LOOKBACK_IDS`] ids for saves that committed out of id order, skips those
 //! already indexed, and writes each message's row, postings and the user's totals in one
@@ -32,7 +32,8 @@ const MAX_ANALYSED_CHARS: usize = 20_000;
 const POSTINGS_PER_INSERT: usize = 500;
 /// Ids examined per sweep step.
 const SWEEP_SPAN: i64 = 5000;
-const LOCK: &str = "chat_keyword_indexer";
+/// The indexer lock's name, before the MD5 of the database's.
+const LOCK: &str = "chat_keyword_indexer:";
 
 /// A saved message to index.
 struct Saved {
@@ -341,8 +342,11 @@ impl Index {
     async fn take_lock(&self) -> Option<Conn> {
         let attempt = async {
             let mut conn = self.mysql.get_conn().await?;
-            let held: Option<Option<i64>> =
-                conn.exec_first("SELECT GET_LOCK(?, 0)", (LOCK,)).await?;
+            // Named locks are server-wide: the database's name makes it this index's
+            // (another database on the same server has an indexer of its own).
+            let held: Option<Option<i64>> = conn
+                .exec_first("SELECT GET_LOCK(CONCAT(?, MD5(DATABASE())), 0)", (LOCK,))
+                .await?;
             Ok::<_, mysql_async::Error>((held.flatten() == Some(1)).then_some(conn))
         };
         match tokio::time::timeout(self.timeout, attempt).await {

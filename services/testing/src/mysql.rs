@@ -44,6 +44,24 @@ impl Drop for TestDatabase {
         crate::clean_up_in_background(move || async move {
             let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&mysql_server_url())?);
             let mut connection = pool.get_conn().await?;
+            // The test's services may have been stopped in the middle of a transaction,
+            // whose connection then holds a lock DROP DATABASE waits for (forever, while
+            // this thread holds up the test's runtime): end those connections first, and
+            // never wait long for a lock.
+            let stragglers: Vec<u64> = connection
+                .exec(
+                    "SELECT id FROM information_schema.processlist \
+                     WHERE db = ? AND id <> CONNECTION_ID()",
+                    (&name,),
+                )
+                .await?;
+            for id in stragglers {
+                // Gone already is fine.
+                let _ = connection.query_drop(format!("KILL {id}")).await;
+            }
+            connection
+                .query_drop("SET SESSION lock_wait_timeout = 30")
+                .await?;
             connection
                 .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
                 .await?;

@@ -92,6 +92,21 @@ impl Stack {
             .collect())
     }
 
+    /// POSTs a chat in `conversation` (or none named); answers status and body.
+    pub async fn chat_in(
+        &self,
+        user_id: &str,
+        conversation: Option<&str>,
+        text: &str,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let mut body = serde_json::json!({"user_id": user_id, "text": text});
+        if let Some(id) = conversation {
+            body["conversation_id"] = id.into();
+        }
+        let response = self.http.post(self.url("/chat")).json(&body).send().await?;
+        Ok((response.status(), response.json().await?))
+    }
+
     /// POSTs a chat; answers the status and the JSON body.
     pub async fn chat(&self, user_id: &str, text: &str) -> anyhow::Result<(StatusCode, Value)> {
         let response = self
