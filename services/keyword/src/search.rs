@@ -1,7 +1,7 @@
 //! Search: one user's saved messages ranked by BM25 over the index's terms.
 //!
-//! Reads the user's totals (documents, terms), the postings of the query's terms (one
-//! index range each, on the user-first primary key), scores in memory, then reads the
+//! Reads the user's totals (documents, terms), the newest postings of each of the
+//! query's terms (one index range each, on the user-first primary key), scores in memory, then reads the
 //! best messages from `chat_history` by id and user: a message deleted since it was
 //! indexed is simply not there, and another user's never could be.
 
@@ -24,8 +24,9 @@ const DEFAULT_LIMIT: u32 = 10;
 const MAX_LIMIT: u32 = 50;
 /// Query terms used at most.
 const MAX_QUERY_TERMS: usize = 16;
-/// Postings read at most for one query: bounds the cost of very common terms.
-const MAX_POSTINGS: u32 = 20_000;
+/// Postings read at most per query term, newest first: bounds the cost of common terms
+/// (a search reads at most this many times `MAX_QUERY_TERMS` rows).
+const POSTINGS_PER_TERM: u32 = 100;
 const MAX_QUERY_CHARS: usize = 2000;
 
 /// The score of each candidate message, best first.
@@ -82,16 +83,23 @@ impl Index {
                 let Some((documents, total_terms)) = totals else {
                     return Ok(Vec::new());
                 };
-                let marks = vec!["?"; query_terms.len()].join(", ");
-                let mut params: Vec<Value> = vec![user_id.as_str().into()];
-                params.extend(query_terms.iter().map(|term| Value::from(term.as_str())));
-                params.push(MAX_POSTINGS.into());
+                // Each term's newest postings, one backward index range each: a term
+                // in more messages than that counts as in that many (it tells little
+                // apart anyway), and a rare one, the kind that finds a fact, is exact.
+                let per_term = format!(
+                    "(SELECT term, message_id, tf FROM keyword_postings \
+                     WHERE user_id = ? AND term = ? ORDER BY message_id DESC LIMIT {POSTINGS_PER_TERM})"
+                );
+                let union = vec![per_term.as_str(); query_terms.len()].join(" UNION ALL ");
+                let mut params: Vec<Value> = Vec::new();
+                for term in &query_terms {
+                    params.extend([Value::from(user_id.as_str()), Value::from(term.as_str())]);
+                }
                 let postings: Vec<(String, i64, i64, i64)> = conn
                     .exec(
                         format!(
-                            "SELECT p.term, p.message_id, p.tf, d.terms FROM keyword_postings p \
-                             JOIN keyword_docs d ON d.message_id = p.message_id \
-                             WHERE p.user_id = ? AND p.term IN ({marks}) LIMIT ?"
+                            "SELECT c.term, c.message_id, c.tf, d.terms FROM ({union}) AS c \
+                             JOIN keyword_docs d ON d.message_id = c.message_id"
                         ),
                         Params::Positional(params),
                     )

@@ -348,3 +348,35 @@ async fn bad_requests_are_invalid_arguments() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rare_word_is_found_among_many_messages_sharing_a_common_one() -> anyhow::Result<()> {
+    let fixture = fixture().await?;
+    let fact = fixture
+        .say(
+            "u1",
+            "The meeting with Zanzibar Shipping moved to Friday",
+            "Noted",
+        )
+        .await?;
+    // More messages with "meeting" than a search reads per term.
+    for turn in 0..60 {
+        fixture
+            .say(
+                "u1",
+                &format!("Meeting notes {turn}: nothing new"),
+                &format!("meeting {turn} noted"),
+            )
+            .await?;
+    }
+    fixture.catch_up().await?;
+    let hits = fixture
+        .search("u1", "When is the meeting with Zanzibar?")
+        .await?;
+    assert_eq!(
+        hits.first().map(|hit| hit.message_id),
+        Some(fact[0]),
+        "{hits:#?}"
+    );
+    Ok(())
+}
