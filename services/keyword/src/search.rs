@@ -26,7 +26,7 @@ const MAX_LIMIT: u32 = 50;
 const MAX_QUERY_TERMS: usize = 16;
 /// Postings read at most per query term, newest first: bounds the cost of common terms
 /// (a search reads at most this many times `MAX_QUERY_TERMS` rows).
-const POSTINGS_PER_TERM: u32 = 100;
+const POSTINGS_PER_TERM: u32 = 50;
 const MAX_QUERY_CHARS: usize = 2000;
 
 /// The score of each candidate message, best first.
@@ -107,7 +107,7 @@ impl Index {
                 let ranked: Vec<(i64, f64)> = rank(documents, total_terms, &postings)
                     .into_iter()
                     .filter(|(id, _)| !exclude.contains(id))
-                    .take(limit * 4)
+                    .take(limit * 2)
                     .collect();
                 if ranked.is_empty() {
                     return Ok(Vec::new());
