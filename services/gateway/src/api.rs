@@ -141,13 +141,15 @@ fn sse_event(event: StreamEvent) -> Event {
 struct UserQuery {
     user_id: Option<String>,
     limit: Option<u32>,
+    cursor: Option<String>,
 }
 
-/// The caller of a reading route (`?user_id=` names them, or is left out), and the
-/// `limit` asked for.
+/// The caller of a reading route (`?user_id=` names them, or is left out), and the page
+/// asked for: `limit`, and the `cursor` of a paged listing.
 pub struct Reader {
-    caller: Caller,
-    limit: u32,
+    pub caller: Caller,
+    pub limit: u32,
+    pub cursor: String,
 }
 
 impl FromRequestParts<Arc<AppState>> for Reader {
@@ -163,6 +165,7 @@ impl FromRequestParts<Arc<AppState>> for Reader {
         Ok(Self {
             caller,
             limit: query.limit.unwrap_or(0),
+            cursor: query.cursor.unwrap_or_default(),
         })
     }
 }
@@ -178,7 +181,7 @@ struct HistoryItem {
 
 pub async fn history(
     State(state): State<Arc<AppState>>,
-    Reader { caller, limit }: Reader,
+    Reader { caller, limit, .. }: Reader,
 ) -> Result<Response, ApiError> {
     let messages = state
         .backends

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chat_proto::{
     Conversation, ConversationRequest, CreateConversationRequest, EraseUserRequest,
@@ -21,40 +20,8 @@ use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 
 use crate::ApiError;
-use crate::auth::Caller;
+use crate::api::Reader;
 use crate::routes::AppState;
-
-#[derive(Debug, Default, Deserialize)]
-struct PageQuery {
-    user_id: Option<String>,
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
-/// The caller of a conversation route, and the page asked for.
-pub struct Owner {
-    caller: Caller,
-    limit: u32,
-    cursor: String,
-}
-
-impl FromRequestParts<Arc<AppState>> for Owner {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        let Query(query) = Query::<PageQuery>::try_from_uri(&parts.uri)
-            .map_err(|rejection| ApiError::BadJson(rejection.body_text()))?;
-        let caller = crate::api::admit(state, &parts.headers, query.user_id).await?;
-        Ok(Self {
-            caller,
-            limit: query.limit.unwrap_or(0),
-            cursor: query.cursor.unwrap_or_default(),
-        })
-    }
-}
 
 /// The history service's answer about conversations: its refusals are the caller's.
 fn refused(status: Status) -> ApiError {
@@ -139,7 +106,7 @@ fn next_cursor(cursor: String) -> Option<String> {
 /// `POST /conversations` `{"title": "..."}` (optional) → 201 and the conversation.
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    Owner { caller, .. }: Owner,
+    Reader { caller, .. }: Reader,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = title_body(&state, body)?;
@@ -167,11 +134,11 @@ struct ConversationsPage {
 /// first.
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Owner {
+    Reader {
         caller,
         limit,
         cursor,
-    }: Owner,
+    }: Reader,
 ) -> Result<Response, ApiError> {
     let request = ListConversationsRequest {
         user_id: caller.user_id,
@@ -195,7 +162,7 @@ pub async fn list(
 /// `GET /conversations/{id}`.
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    Owner { caller, .. }: Owner,
+    Reader { caller, .. }: Reader,
     Path(conversation_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let request = ConversationRequest {
@@ -215,7 +182,7 @@ pub async fn get(
 /// `PATCH /conversations/{id}` `{"title": "..."}` → the renamed conversation.
 pub async fn rename(
     State(state): State<Arc<AppState>>,
-    Owner { caller, .. }: Owner,
+    Reader { caller, .. }: Reader,
     Path(conversation_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -240,7 +207,7 @@ pub async fn rename(
 /// `DELETE /conversations/{id}` → 204; its messages go with it, from MySQL and the cache.
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    Owner { caller, .. }: Owner,
+    Reader { caller, .. }: Reader,
     Path(conversation_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let request = ConversationRequest {
@@ -266,11 +233,11 @@ struct MessagesPage {
 /// `GET /conversations/{id}/messages?limit=&cursor=` → oldest first.
 pub async fn messages(
     State(state): State<Arc<AppState>>,
-    Owner {
+    Reader {
         caller,
         limit,
         cursor,
-    }: Owner,
+    }: Reader,
     Path(conversation_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let request = ListConversationMessagesRequest {
@@ -297,7 +264,7 @@ pub async fn messages(
 /// and the cache. The day's quota spending stays.
 pub async fn erase(
     State(state): State<Arc<AppState>>,
-    Owner { caller, .. }: Owner,
+    Reader { caller, .. }: Reader,
 ) -> Result<Response, ApiError> {
     let request = EraseUserRequest {
         user_id: caller.user_id,

@@ -22,14 +22,13 @@
 //! goes back to the shared buckets when it answers. Meanwhile each replica limits on its
 //! own: N replicas allow up to N times the limit.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -38,14 +37,19 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 
 use crate::auth::Caller;
 use crate::routes::AppState;
 use crate::settings::AuthMode;
 use crate::{ApiError, Settings};
 
-static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/gcra.lua")));
+mod client_addr;
+mod connection;
+
+pub use client_addr::{ClientAddr, TrustedProxies};
+use connection::Redis;
+
+static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/gcra.lua")));
 
 /// Routes that call the model, as `METHOD /matched/path`: the user's
 /// `RATE_LIMIT_PER_MINUTE` (or their own) applies. Every other route not exempt spends
@@ -363,62 +367,6 @@ impl Limiter {
     }
 }
 
-/// One multiplexed connection to Redis shared by every check (no pool to wait for under
-/// load), made again after a failure.
-#[derive(Clone)]
-struct Redis {
-    client: redis::Client,
-    connection: Arc<std::sync::Mutex<Option<MultiplexedConnection>>>,
-}
-
-impl Redis {
-    fn new(addr: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            client: redis::Client::open(chat_common::redis::redis_url(addr))?,
-            connection: Arc::default(),
-        })
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
-        self.connection
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, String> {
-        let kept = self.slot().clone();
-        if let Some(connection) = kept {
-            return Ok(connection);
-        }
-        let connection = self
-            .client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|error| error.to_string())?;
-        *self.slot() = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Drops the connection after a failure: the next check connects afresh.
-    fn forget(&self) {
-        *self.slot() = None;
-    }
-
-    async fn ping(&self, timeout: Duration) -> bool {
-        let ping = async {
-            let mut connection = self.connection().await.ok()?;
-            let pong = redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await;
-            if pong.is_err() {
-                self.forget();
-            }
-            pong.ok()
-        };
-        matches!(tokio::time::timeout(timeout, ping).await, Ok(Some(_)))
-    }
-}
-
 /// The middleware: every matched, non-exempt route is limited (see the module's doc).
 pub async fn enforce(
     State(state): State<Arc<AppState>>,
@@ -452,108 +400,6 @@ pub async fn enforce(
     response
 }
 
-/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the
-/// nearest untrusted address of `X-Forwarded-For`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
-
-impl ClientAddr {
-    fn of(proxies: &TrustedProxies, request: &Request) -> Self {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
-        Self(proxies.client(peer, request.headers()))
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        if let Some(client) = parts.extensions.get::<Self>() {
-            return Ok(*client);
-        }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
-        Ok(Self(peer))
-    }
-}
-
-/// `TRUSTED_PROXIES`: addresses and CIDR ranges.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies {
-    ranges: Vec<(IpAddr, u8)>,
-}
-
-impl TrustedProxies {
-    pub fn from_setting(setting: &str) -> anyhow::Result<Self> {
-        let mut ranges = Vec::new();
-        for entry in setting.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (addr, bits) = entry.split_once('/').unwrap_or((entry, ""));
-            let addr: IpAddr = addr
-                .parse()
-                .map_err(|_| anyhow::anyhow!("TRUSTED_PROXIES: {entry:?} is not an address"))?;
-            let max = if addr.is_ipv4() { 32 } else { 128 };
-            let bits = if bits.is_empty() {
-                max
-            } else {
-                bits.parse()
-                    .ok()
-                    .filter(|bits| *bits <= max)
-                    .ok_or_else(|| anyhow::anyhow!("TRUSTED_PROXIES: bad prefix in {entry:?}"))?
-            };
-            ranges.push((addr, bits));
-        }
-        Ok(Self { ranges })
-    }
-
-    fn trusts(&self, addr: IpAddr) -> bool {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 => v4,
-        };
-        self.ranges.iter().any(|(net, bits)| match (net, addr) {
-            (IpAddr::V4(net), IpAddr::V4(addr)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
-                u32::from(*net) & mask == u32::from(addr) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(addr)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(*bits)).unwrap_or(0);
-                u128::from(*net) & mask == u128::from(addr) & mask
-            }
-            _ => false,
-        })
-    }
-
-    /// Walks `X-Forwarded-For` from the right while the hops are trusted proxies.
-    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if !self.trusts(peer) {
-            return peer;
-        }
-        let hops = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .collect::<Vec<_>>();
-        let mut client = peer;
-        for hop in hops.into_iter().rev() {
-            let Ok(addr) = hop.parse::<IpAddr>() else {
-                break;
-            };
-            client = addr;
-            if !self.trusts(addr) {
-                break;
-            }
-        }
-        client
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,29 +427,5 @@ mod tests {
         let rate = Rate::new(3, 0);
         assert_eq!(rate.map(|rate| rate.burst.get()), Some(3));
         assert_eq!(rate.map(Rate::interval_micros), Some(20_000_000));
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_from_trusted_proxies_only() -> anyhow::Result<()> {
-        let proxies = TrustedProxies::from_setting("10.0.0.0/8, ::1")?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.1.1.1"),
-        );
-        let proxy: IpAddr = "10.0.0.5".parse()?;
-        let stranger: IpAddr = "5.5.5.5".parse()?;
-        assert_eq!(
-            proxies.client(proxy, &headers),
-            "1.2.3.4".parse::<IpAddr>()?
-        );
-        assert_eq!(proxies.client(stranger, &headers), stranger);
-        assert_eq!(
-            proxies.client("::ffff:10.0.0.7".parse()?, &HeaderMap::new()),
-            "::ffff:10.0.0.7".parse::<IpAddr>()?
-        );
-        assert!(TrustedProxies::from_setting("10.0.0.0/33").is_err());
-        assert!(TrustedProxies::from_setting("nonsense").is_err());
-        Ok(())
     }
 }
