@@ -23,6 +23,7 @@
 
 mod error;
 mod exchange;
+mod models;
 mod request;
 mod stream;
 
@@ -50,6 +51,7 @@ use tracing::Instrument;
 use error::V1Error;
 pub use error::openai_errors;
 use exchange::Written;
+use models::{Catalog, get_model, list_models};
 
 use crate::auth::Caller;
 use crate::routes::AppState;
@@ -59,35 +61,6 @@ use crate::{ApiError, Settings};
 const ANONYMOUS: &str = "anonymous";
 /// A client's conversation key, at most (`X-Conversation-Id`).
 const MAX_CONVERSATION_KEY: usize = 128;
-/// Who `/v1/models` says owns the models.
-const OWNER: &str = "chat-gateway";
-
-/// The models `/v1` offers: the configured one first, then `ALLOWED_MODELS`.
-#[derive(Debug, Clone)]
-pub struct Catalog {
-    models: Vec<String>,
-}
-
-impl Catalog {
-    pub fn from_settings(settings: &Settings) -> Self {
-        let mut models: Vec<String> = Vec::new();
-        let named = std::iter::once(settings.openai_model.as_str())
-            .chain(settings.allowed_models.split(','))
-            .map(str::trim)
-            .filter(|model| !model.is_empty());
-        for model in named {
-            if !models.iter().any(|known| known == model) {
-                models.push(model.to_owned());
-            }
-        }
-        Self { models }
-    }
-
-    fn offers(&self, model: &str) -> bool {
-        self.models.iter().any(|known| known == model)
-    }
-}
-
 /// The `/v1` routes, to merge into the gateway's router.
 pub fn routes(settings: &Settings) -> Router<Arc<AppState>> {
     Router::new()
@@ -383,35 +356,6 @@ fn sse_event(event: stream::Event) -> SseEvent {
     SseEvent::default().data(data)
 }
 
-fn model_json(id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": 0, "owned_by": OWNER})
-}
-
-/// `GET /v1/models`.
-async fn list_models(
-    State(state): State<Arc<AppState>>,
-    Extension(catalog): Extension<Arc<Catalog>>,
-    headers: HeaderMap,
-) -> Result<Response, V1Error> {
-    credentialed(&state, &headers).await?;
-    let data: Vec<Value> = catalog.models.iter().map(|id| model_json(id)).collect();
-    Ok(Json(json!({"object": "list", "data": data})).into_response())
-}
-
-/// `GET /v1/models/{id}`; ids may hold slashes (`org/model`).
-async fn get_model(
-    State(state): State<Arc<AppState>>,
-    Extension(catalog): Extension<Arc<Catalog>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, V1Error> {
-    credentialed(&state, &headers).await?;
-    if !catalog.offers(&id) {
-        return Err(V1Error::model_not_found(&id));
-    }
-    Ok(Json(model_json(&id)).into_response())
-}
-
 /// Any other `/v1` path. A base URL with a trailing slash makes clients ask for
 /// `/v1//models`: doubled slashes are forgiven (a model list is served, a completion
 /// is redirected to its one route, where the model rate limit applies); anything else
@@ -453,18 +397,6 @@ async fn elsewhere(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_catalog_is_the_configured_model_then_the_allowed_ones() {
-        let catalog = Catalog::from_settings(&Settings {
-            openai_model: "gpt-a".into(),
-            allowed_models: " gpt-b, ,gpt-a,org/model-c ".into(),
-            ..Settings::default()
-        });
-        assert_eq!(catalog.models, ["gpt-a", "gpt-b", "org/model-c"]);
-        assert!(catalog.offers("org/model-c"));
-        assert!(!catalog.offers("gpt-c"));
-    }
 
     #[test]
     fn a_completion_answer_has_openai_fields() {
