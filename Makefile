@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help test python-venv bench deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
+.PHONY: help test faults python-venv bench soak deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
 	images standins up down logs e2e k8s
 
 help: ## list the verbs
@@ -15,6 +15,10 @@ test: deps python-venv ## run every test (starts a local Redis and MariaDB first
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
+
+faults: ## the fault suite: the stack under load while MySQL, Redis, llm, the provider and the gateway fail (target/faults/)
+	cargo build --workspace --bins
+	CHAT_STACK_LOG_DIR=target/faults/logs target/debug/chat-faults $(FAULTS_ARGS)
 
 # The real OpenAI clients (openai, langchain-openai, pytest) that
 # services/gateway/tests/python_clients.rs runs against the stack, pinned.
@@ -54,6 +58,17 @@ bench: deps ## measure the stack against the bare provider (release build; resul
 	mariadb -h127.0.0.1 -P$${DEV_MYSQL_PORT:-3306} -uchat -pchat \
 		-e "DROP DATABASE IF EXISTS chat_bench; CREATE DATABASE chat_bench CHARACTER SET utf8mb4"
 	target/release/chat-bench $(BENCH_ARGS)
+
+# The soak: SOAK_SECS of chats and streams (16 clients), half of it with /metrics scraped.
+# Release binaries by default; CI runs SOAK_SECS=60 SOAK_PROFILE=debug on what `make test` built.
+SOAK_SECS ?= 600
+SOAK_PROFILE ?= release
+soak: deps ## held load: memory flat, no errors, latency steady (SOAK_SECS=600; results in target/soak/)
+	cargo build $(if $(filter release,$(SOAK_PROFILE)),--release) --workspace --bins
+	mariadb -h127.0.0.1 -P$${DEV_MYSQL_PORT:-3306} -uchat -pchat \
+		-e "DROP DATABASE IF EXISTS chat_soak; CREATE DATABASE chat_soak CHARACTER SET utf8mb4"
+	SOAK_MYSQL_DSN=mysql://chat:chat@127.0.0.1:$${DEV_MYSQL_PORT:-3306}/chat_soak \
+		target/$(SOAK_PROFILE)/chat-bench soak --seconds $(SOAK_SECS) $(SOAK_ARGS)
 
 fmt: ## format the code
 	cargo fmt --all

@@ -55,8 +55,11 @@ RUN find services/token -type f -exec touch {} + \
  && cargo build --release --locked --workspace --bins
 
 FROM ${RUNTIME_IMAGE}
+# The settlement journal's directory, the chat user's, so a volume mounted there is too.
 RUN echo 'chat:x:10001:10001:chat:/nonexistent:/usr/sbin/nologin' >>/etc/passwd \
- && echo 'chat:x:10001:' >>/etc/group
+ && echo 'chat:x:10001:' >>/etc/group \
+ && mkdir -p /var/lib/chat-token/journal \
+ && chown -R 10001:10001 /var/lib/chat-token
 COPY --from=chef /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /app/target/release/chat-token /usr/local/bin/chat-token
 USER chat

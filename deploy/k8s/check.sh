@@ -36,15 +36,19 @@ echo "k8s: the objects validate against the Kubernetes $kubernetes_version schem
 echo "k8s: yamllint passes"
 "$venv/bin/python" review.py "${reviews[@]}"
 
-# The review must be able to fail: a rendering with a probe, a setting and a port broken.
+# The review must be able to fail: a rendering with a probe, a setting, a port, the
+# gateway's readiness probe and the grace periods broken.
 sed -e '0,/readinessProbe:/s//readinessProbeGone:/' \
   -e 's/MAX_TEXT_CHARS:/MAX_TEXT_CHAR:/' \
-  -e 's/- port: 50052/- port: 50059/' "$out/dev.yaml" >"$out/broken.yaml"
+  -e 's/- port: 50052/- port: 50059/' \
+  -e 's|path: /ready|path: /health|' \
+  -e 's/terminationGracePeriodSeconds: 35/terminationGracePeriodSeconds: 25/' "$out/dev.yaml" >"$out/broken.yaml"
 if found=$("$venv/bin/python" review.py "broken=$out/broken.yaml" 2>&1); then
   echo "k8s: review.py passed a rendering it should have failed" >&2
   exit 1
 fi
-for expected in "no readinessProbe" "MAX_TEXT_CHARS (in its settings.rs) is not provided" "opens port 50059"; do
+for expected in "no readinessProbe" "MAX_TEXT_CHARS (in its settings.rs) is not provided" "opens port 50059" \
+  "readinessProbe is not GET /ready" "does not outlast 5 s of preStop and SHUTDOWN_GRACE_SECS"; do
   grep -q "$expected" <<<"$found" || { echo "k8s: review.py missed: $expected" >&2; exit 1; }
 done
 echo "k8s: review.py fails a broken rendering, as it should"

@@ -7,7 +7,8 @@ Of every overlay: each container has probes, resources and the restricted securi
 each service is given every setting it reads (from its settings.rs) and nothing it does not;
 the ports agree with the services' defaults, the Services, the probes, the scrape annotations
 and the addresses the services dial; every NetworkPolicy, PodDisruptionBudget, Service and
-HPA selects pods that exist; the grace period outlasts the drain. Of `production`: every
+HPA selects pods that exist; the grace period outlasts the drain; liveness and
+readiness probes ask different questions. Of `production`: every
 image pinned to a tag other than `latest`, and the Secret's keys all in its template.
 Prints every problem found and exits 1 if there was one.
 """
@@ -266,8 +267,9 @@ class Rendering:
                     self.fail(f"{kind} {name}: its selector does not select its own pods")
 
     def grace(self):
-        """The grace period covers the preStop pause plus the longest piece of work a pod
-        may be finishing: a completion, for the gateway and the llm service."""
+        """The grace period covers the preStop pause plus the service's own drain
+        (SHUTDOWN_GRACE_SECS), and the drain covers a whole unary completion
+        (LLM_TIMEOUT_MS) for the gateway and the llm service."""
         for service in SERVICES:
             workload = self.workload(service)
             if workload is None:
@@ -276,11 +278,37 @@ class Rendering:
             container = next(c for c in spec["containers"] if c["name"] == service)
             environment = self.environment(container)
             pause = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
-            work = int(environment.get("LLM_TIMEOUT_MS") or 0) / 1000 if service in ("gateway", "llm") else 5
+            drain = int(environment.get("SHUTDOWN_GRACE_SECS") or 20)
             grace = spec.get("terminationGracePeriodSeconds", 30)
-            if grace <= pause + work:
+            if grace <= pause + drain:
                 self.fail(f"{service}: terminationGracePeriodSeconds {grace} does not outlast {pause} s "
-                          f"of preStop and {work} s of work in flight")
+                          f"of preStop and SHUTDOWN_GRACE_SECS={drain}")
+            work = int(environment.get("LLM_TIMEOUT_MS") or 0) / 1000 if service in ("gateway", "llm") else 0
+            if drain <= work:
+                self.fail(f"{service}: SHUTDOWN_GRACE_SECS={drain} does not outlast a completion "
+                          f"(LLM_TIMEOUT_MS {work:g} s)")
+
+    def probes(self):
+        """Liveness and readiness differ: liveness asks whether the process answers,
+        readiness whether its dependencies do (/ready, or the gRPC service's entry)."""
+        for service in SERVICES:
+            workload = self.workload(service)
+            if workload is None:
+                continue
+            container = next(c for c in workload["spec"]["template"]["spec"]["containers"]
+                             if c["name"] == service)
+            live = container.get("livenessProbe") or {}
+            ready = container.get("readinessProbe") or {}
+            if service == "gateway":
+                if (live.get("httpGet") or {}).get("path") != "/health":
+                    self.fail("gateway: livenessProbe is not GET /health")
+                if (ready.get("httpGet") or {}).get("path") != "/ready":
+                    self.fail("gateway: readinessProbe is not GET /ready")
+            else:
+                if (live.get("grpc") or {}).get("service"):
+                    self.fail(f"{service}: livenessProbe names a service (readiness), not the overall status")
+                if not (ready.get("grpc") or {}).get("service", "").startswith("chat.v1."):
+                    self.fail(f"{service}: readinessProbe does not name its gRPC service (readiness)")
 
 
 def main():
@@ -301,6 +329,7 @@ def main():
         rendering.settings(secret_keys)
         rendering.selectors()
         rendering.grace()
+        rendering.probes()
         if overlay == "production" and set(rendering.secrets):
             rendering.fail("renders a Secret: production takes the one you create")
         print(f"review: {overlay}: {len(rendering.objects)} objects, {len(rendering.pods)} workloads checked")

@@ -12,23 +12,21 @@
 
 pub mod load;
 pub mod report;
+mod setup;
+pub mod soak;
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_testing::stack::{Backing, Processes, Stack};
-use chat_testing::{FakeOpenAi, FixedReply};
-use futures::{StreamExt as _, TryStreamExt as _};
+use chat_testing::stack::{Processes, Stack};
 use load::{Callers, Target};
 pub use report::{CaseResult, Results};
+use setup::{authenticated_env, owned};
 
-/// The model the stack asks for, and the provider's one answer.
+/// The model the stack asks for.
 pub const MODEL: &str = "bench-model";
-const REPLY: &str =
-    "Benchmarks measure what the gateway adds on top of the provider, nothing more.";
 
 /// The one-client chat through the trust-mode gateway, the baseline of authentication's
 /// cost.
@@ -41,9 +39,6 @@ pub const NO_LIMITER_CASE: &str = "chat c=1 no limiter";
 /// The one-client chat through a gateway with `RETRIEVAL=off`: the baseline of what
 /// retrieval (a keyword search beside the filter and the context lookup) adds.
 pub const NO_RETRIEVAL_CASE: &str = "chat c=1 RETRIEVAL=off";
-
-/// Tokens each bench user may spend per day: far more than any run spends.
-const DAILY_LIMIT: i64 = 1_000_000_000_000;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -98,55 +93,36 @@ async fn start_stack(
     provider_url: &str,
     admin_key: &str,
 ) -> anyhow::Result<Stack> {
-    let backing = Backing {
-        redis_addr: options.redis_addr.clone(),
-        redis_prefix: format!("bench:{}:", std::process::id()),
-        mysql_dsn: options.mysql_dsn.clone(),
-        provider_url: provider_url.to_owned(),
-        model: MODEL.to_owned(),
-    };
-    let daily_limit = DAILY_LIMIT.to_string();
-    let env = [
-        // Trust mode's users have no limit of their own; this one keeps them in quota.
-        ("DAILY_LIMIT", daily_limit.as_str()),
-        // The limiter runs on every request but never refuses one.
-        ("RATE_LIMIT_PER_MINUTE", "1000000000"),
-    ];
-    let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-            .collect()
-    };
+    let backing = setup::backing(
+        "bench",
+        &options.redis_addr,
+        &options.mysql_dsn,
+        provider_url,
+    );
     let authenticated = authenticated_gateways(options);
-    let mut gateway_env =
-        vec![owned(&[("AUTH_MODE", "required"), ("ADMIN_API_KEY", admin_key)]); authenticated];
+    let mut gateway_env = vec![authenticated_env(admin_key); authenticated];
     gateway_env.push(owned(&[("AUTH_MODE", "none")]));
     // The limiter's cost: the same as gateway-1 with every rate limit off.
-    gateway_env.push(owned(&[
-        ("AUTH_MODE", "required"),
-        ("ADMIN_API_KEY", admin_key),
+    let mut no_limiter = authenticated_env(admin_key);
+    no_limiter.extend(owned(&[
         ("RATE_LIMIT_PER_MINUTE", "0"),
         ("READ_RATE_LIMIT_PER_MINUTE", "0"),
         ("ADDRESS_RATE_LIMIT_PER_MINUTE", "0"),
     ]));
+    gateway_env.push(no_limiter);
     // Retrieval's cost: the same as gateway-1 with retrieval off.
-    gateway_env.push(owned(&[
-        ("AUTH_MODE", "required"),
-        ("ADMIN_API_KEY", admin_key),
-        ("RETRIEVAL", "off"),
-    ]));
+    let mut no_retrieval = authenticated_env(admin_key);
+    no_retrieval.push(("RETRIEVAL".to_owned(), "off".to_owned()));
+    gateway_env.push(no_retrieval);
     // Overload: admits `overload_cap` requests at once and sheds the rest.
     let cap = overload_cap(options).to_string();
-    gateway_env.push(owned(&[
-        ("AUTH_MODE", "required"),
-        ("ADMIN_API_KEY", admin_key),
-        ("MAX_CONCURRENT_REQUESTS", cap.as_str()),
-    ]));
+    let mut overload = authenticated_env(admin_key);
+    overload.push(("MAX_CONCURRENT_REQUESTS".to_owned(), cap));
+    gateway_env.push(overload);
     let processes = Processes {
         bin_dir: options.bin_dir.clone(),
         gateways: authenticated + 4,
-        env: owned(&env),
+        env: setup::common_env(),
     };
     Stack::processes_with_gateway_env(&backing, &processes, &gateway_env).await
 }
@@ -160,63 +136,6 @@ pub fn overload_cap(options: &Options) -> usize {
 /// The gateways with authentication on: as many as the largest scale-out case.
 fn authenticated_gateways(options: &Options) -> usize {
     options.gateways.iter().copied().max().unwrap_or(1).max(1)
-}
-
-/// A fresh secret for the admin API of this run only.
-fn random_admin_key() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
-}
-
-/// One user per simulated client, each with a daily limit no run reaches and an API key,
-/// made through the admin API of `gateway`: each client's user id and key, in client
-/// order.
-async fn make_users(
-    client: &reqwest::Client,
-    gateway: &str,
-    admin_key: &str,
-    count: usize,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let run = std::process::id();
-    futures::stream::iter(0..count)
-        .map(|index| async move {
-            let user_id = format!("bench-{run}-{index}");
-            let created = client
-                .post(format!("{gateway}/admin/users"))
-                .bearer_auth(admin_key)
-                .json(&serde_json::json!({
-                    "user_id": user_id,
-                    "daily_limit": DAILY_LIMIT,
-                }))
-                .send()
-                .await?;
-            anyhow::ensure!(
-                created.status() == reqwest::StatusCode::CREATED,
-                "POST /admin/users: {}",
-                created.status()
-            );
-            let key = client
-                .post(format!("{gateway}/admin/users/{user_id}/keys"))
-                .bearer_auth(admin_key)
-                .json(&serde_json::json!({"name": "bench"}))
-                .send()
-                .await?;
-            anyhow::ensure!(
-                key.status() == reqwest::StatusCode::CREATED,
-                "POST /admin/users/{user_id}/keys: {}",
-                key.status()
-            );
-            let body: serde_json::Value = key.json().await?;
-            let key = body["key"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| anyhow::anyhow!("POST /admin/users/{user_id}/keys: no key"))?;
-            Ok((user_id, key))
-        })
-        .buffered(8)
-        .try_collect()
-        .await
 }
 
 /// The most clients any case or the warm-up runs at once.
@@ -236,21 +155,12 @@ fn most_clients(options: &Options) -> usize {
 }
 
 pub async fn run(options: &Options) -> anyhow::Result<Results> {
-    let upstream = FakeOpenAi::start_fixed(&FixedReply {
-        model: MODEL.to_owned(),
-        text: REPLY.to_owned(),
-        prompt_tokens: 24,
-        completion_tokens: 13,
-    })
-    .await?;
-    let admin_key = random_admin_key()?;
+    let upstream = setup::start_provider().await?;
+    let admin_key = setup::random_admin_key()?;
     let stack = start_stack(options, &upstream.base_url, &admin_key).await?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .build()?;
+    let client = setup::http_client()?;
     let (users, keys): (Vec<String>, Vec<String>) =
-        make_users(&client, stack.gateway(), &admin_key, most_clients(options))
+        setup::make_users(&client, stack.gateway(), &admin_key, most_clients(options))
             .await?
             .into_iter()
             .unzip();

@@ -93,10 +93,7 @@ pub async fn run(
     let deadline = started + duration;
     let workers = (0..concurrency).map(|worker| {
         let (client, target, marks) = (client.clone(), target.clone(), marks.clone());
-        let caller = match callers {
-            Callers::Keys(keys) => Caller::Key(nth(keys, worker)),
-            Callers::Named(users) => Caller::Named(nth(users, worker)),
-        };
+        let caller = Caller::of(callers, worker);
         tokio::spawn(async move {
             let mut sample = Sample::default();
             while Instant::now() < deadline {
@@ -142,11 +139,14 @@ struct Shed;
 
 impl std::fmt::Display for Shed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("shed")
+        f.write_str("shed: 429 or 503 at once")
     }
 }
 
 impl std::error::Error for Shed {}
+
+/// How much of a failed answer's body its error keeps.
+const ERROR_BODY_CHARS: usize = 160;
 
 /// How long a shed client waits before its next request.
 const SHED_BACKOFF: Duration = Duration::from_millis(10);
@@ -160,12 +160,20 @@ fn nth(values: &[String], worker: usize) -> String {
 }
 
 /// One client's credential: a bearer key, or a user id in the body.
-enum Caller {
+pub(crate) enum Caller {
     Key(String),
     Named(String),
 }
 
 impl Caller {
+    /// Who client `worker` is among `callers`.
+    pub(crate) fn of(callers: &Callers, worker: usize) -> Self {
+        match callers {
+            Callers::Keys(keys) => Self::Key(nth(keys, worker)),
+            Callers::Named(users) => Self::Named(nth(users, worker)),
+        }
+    }
+
     fn body(&self) -> serde_json::Value {
         match self {
             Self::Key(_) => serde_json::json!({"text": TEXT}),
@@ -187,7 +195,10 @@ impl Caller {
     }
 }
 
-async fn one(
+/// One request of client `worker` to `target`, read to its end: its latency, and with
+/// `marks` the stream's lags behind the provider. A 429 or 503 is an error of type
+/// `Shed`; any other non-2xx, or a stream without its final event, is an error too.
+pub(crate) async fn one(
     client: &reqwest::Client,
     target: &Target,
     worker: usize,
@@ -227,11 +238,13 @@ async fn one(
     if matches!(response.status().as_u16(), 429 | 503) && !matches!(target, Target::Upstream(_)) {
         return Err(Shed.into());
     }
-    anyhow::ensure!(
-        response.status().is_success(),
-        "status {}",
-        response.status()
-    );
+    let status = response.status();
+    if !status.is_success() {
+        // The body names the cause (its error code); its start is enough.
+        let body = response.text().await.unwrap_or_default();
+        let body: String = body.chars().take(ERROR_BODY_CHARS).collect();
+        anyhow::bail!("status {status}: {body}");
+    }
     match target {
         Target::Upstream(_) | Target::Chat(_) | Target::V1(_) => {
             response.bytes().await?;

@@ -1,5 +1,9 @@
 //! `chat-bench [--seconds N] [--rounds N] [--out DIR]`: runs the benchmark against the
 //! release binaries next to this one, prints the table, writes JSON and SVG to DIR.
+//!
+//! `chat-bench soak [--seconds N] [--clients N] [--out DIR]`: the soak (`make soak`)
+//! against the binaries next to this one, debug or release; prints the table, writes
+//! `soak.md` and `soak.json` to DIR (`target/soak`) and fails if a check failed.
 
 use std::path::PathBuf;
 
@@ -19,10 +23,76 @@ fn report_exit(outcome: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
-#[allow(clippy::print_stdout)]
-async fn run() -> anyhow::Result<()> {
+/// The directory of this binary, where the services' binaries of the same build are.
+fn bin_dir() -> anyhow::Result<PathBuf> {
     let here = std::env::current_exe()?;
-    let bin_dir = here.parent().map(PathBuf::from).unwrap_or_default();
+    Ok(here.parent().map(PathBuf::from).unwrap_or_default())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("soak") {
+        args.next();
+        return soak(args).await;
+    }
+    bench(args).await
+}
+
+/// The next argument, the value of `flag`.
+fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> anyhow::Result<String> {
+    args.next()
+        .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+}
+
+#[allow(clippy::print_stdout)]
+async fn soak(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let mut options = chat_bench::soak::SoakOptions::full(
+        bin_dir()?,
+        std::env::var("SOAK_REDIS_ADDR").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        std::env::var("SOAK_MYSQL_DSN")
+            .unwrap_or_else(|_| "mysql://chat:chat@127.0.0.1:3306/chat_soak".into()),
+    );
+    let mut out = PathBuf::from("target/soak");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => options.seconds = value(&mut args, &arg)?.parse()?,
+            "--clients" => options.clients = value(&mut args, &arg)?.parse()?,
+            "--out" => out = PathBuf::from(value(&mut args, &arg)?),
+            other => anyhow::bail!("unknown argument {other}; see the module docs"),
+        }
+    }
+    println!(
+        "soak: {} clients for {} s against the binaries in {}",
+        options.clients,
+        options.seconds,
+        options.bin_dir.display()
+    );
+    let report = chat_bench::soak::run(&options).await?;
+    println!("{}", report.table());
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("soak.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("soak.md"), report.markdown())?;
+    println!(
+        "written: {}/soak.md, {}/soak.json",
+        out.display(),
+        out.display()
+    );
+    let failed: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|check| !check.passed)
+        .map(|check| check.name.as_str())
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "soak failed: {}", failed.join(", "));
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn bench(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let bin_dir = bin_dir()?;
     let mut options = chat_bench::Options::full(
         bin_dir,
         std::env::var("BENCH_REDIS_ADDR").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
@@ -30,16 +100,11 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or_else(|_| "mysql://chat:chat@127.0.0.1:3306/chat_bench".into()),
     );
     let mut out = PathBuf::from("target/bench");
-    let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .ok_or_else(|| anyhow::anyhow!("{arg} needs a value"))
-        };
         match arg.as_str() {
-            "--seconds" => options.seconds_per_case = value()?.parse()?,
-            "--rounds" => options.rounds = value()?.parse()?,
-            "--out" => out = PathBuf::from(value()?),
+            "--seconds" => options.seconds_per_case = value(&mut args, &arg)?.parse()?,
+            "--rounds" => options.rounds = value(&mut args, &arg)?.parse()?,
+            "--out" => out = PathBuf::from(value(&mut args, &arg)?),
             other => anyhow::bail!("unknown argument {other}; see the module docs"),
         }
     }

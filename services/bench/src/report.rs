@@ -306,7 +306,7 @@ impl Results {
     }
 }
 
-fn commit() -> String {
+pub(crate) fn commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()

@@ -12,6 +12,7 @@ use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
 use crate::observe::{GrpcClient, GrpcClientLayer, GrpcServerLayer};
+use crate::shutdown::Shutdown;
 use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
 
@@ -75,8 +76,8 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// A fresh health service whose overall status is SERVING; services register their
-/// own names on the returned reporter.
+/// A fresh health service whose overall status (liveness) is SERVING; the entries of
+/// the services it serves (readiness) are kept by [`crate::readiness::spawn`].
 pub fn health() -> (
     tonic_health::server::HealthReporter,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
@@ -92,11 +93,15 @@ pub fn server() -> ObservedServer {
     Server::builder().layer(GrpcServerLayer)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// Serves `router` on `listener` until `signal` resolves, then drains: readiness turns
+/// false at once (see [`crate::readiness`]), the listener closes, calls in flight finish
+/// (streams included) for at most the grace of `shutdown`; what is left then is cut.
+/// Tonic's own graceful shutdown would wait for them forever.
 pub async fn serve(
     router: Router<Stack<GrpcServerLayer, Identity>>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    signal: impl Future<Output = ()> + Send,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(%local, "grpc server listening");
@@ -108,10 +113,45 @@ pub async fn serve(
         }
         accepted
     });
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    tracing::info!(%local, "grpc server stopped");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    });
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        served = server.as_mut() => {
+            served?;
+            tracing::info!(%local, "grpc server stopped");
+            return Ok(());
+        }
+        () = signal => {}
+    }
+    shutdown.begin();
+    let calls = crate::observe::server_calls_in_flight();
+    tracing::info!(
+        %local,
+        calls,
+        grace_secs = shutdown.grace().as_secs(),
+        "draining: taking no new calls, finishing those in flight"
+    );
+    let _ = stop.send(());
+    let mut outcome = None;
+    shutdown
+        .drain(async {
+            outcome = Some(server.as_mut().await);
+        })
+        .await;
+    let Some(outcome) = outcome else {
+        tracing::warn!(
+            %local,
+            calls_at_start = calls,
+            cut = crate::observe::server_calls_in_flight(),
+            "drained: grace over, calls and streams still open are cut"
+        );
+        return Ok(());
+    };
+    tracing::info!(%local, calls_at_start = calls, "drained: every call finished");
+    outcome?;
     Ok(())
 }
 
@@ -127,6 +167,51 @@ mod tests {
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(parse_grpc_timeout("123456789m"), None);
         assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+
+    /// A call that never ends (a health `Watch` stream) does not hold the server past
+    /// its grace: tonic alone would wait for it forever.
+    #[tokio::test]
+    async fn the_drain_ends_with_the_grace_whatever_is_still_open() -> anyhow::Result<()> {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let (_reporter, health) = health();
+        let router = server().add_service(health);
+        let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = Shutdown::new(1);
+        let serving = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                serve(
+                    router,
+                    listener,
+                    async {
+                        let _ = signalled.await;
+                    },
+                    &shutdown,
+                )
+                .await
+            }
+        });
+        let mut client = HealthClient::new(lazy_channel(&address.to_string())?);
+        let mut watch = client
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner();
+        assert!(watch.message().await?.is_some(), "the watch is open");
+        let _ = signal.send(());
+        let served = tokio::time::timeout(Duration::from_secs(10), serving).await;
+        assert!(
+            matches!(served, Ok(Ok(Ok(())))),
+            "the server stopped at the end of its grace: {served:?}"
+        );
+        assert!(shutdown.is_draining());
+        Ok(())
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `chat-<service> healthcheck`: asks the running service itself whether it is healthy,
-//! so a container image needs no curl or grpc_health_probe. Exit 0 when healthy.
+//! `chat-<service> healthcheck` and `chat-<service> ready`: ask the running service
+//! itself whether it is alive (liveness: the process serves) or ready (readiness: its
+//! dependencies answer and it is not shutting down), so a container image needs no curl
+//! or grpc_health_probe. Exit 0 when it is.
 
 use std::time::Duration;
 
@@ -10,9 +12,39 @@ use tonic_health::pb::health_client::HealthClient;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// True when the first argument is `healthcheck`.
-pub fn requested() -> bool {
-    std::env::args().nth(1).as_deref() == Some("healthcheck")
+/// What a probe asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `healthcheck`: is the process serving at all?
+    Live,
+    /// `ready`: can it do its work now?
+    Ready,
+}
+
+/// The probe the first argument asks for (`healthcheck` or `ready`), if any.
+pub fn requested() -> Option<Probe> {
+    match std::env::args().nth(1).as_deref() {
+        Some("healthcheck") => Some(Probe::Live),
+        Some("ready") => Some(Probe::Ready),
+        _ => None,
+    }
+}
+
+/// Answers `probe` of the gRPC service listening on `listen` whose readiness entry is
+/// `service` (its full gRPC name).
+pub async fn grpc_probe(listen: &str, probe: Probe, service: &str) -> anyhow::Result<()> {
+    match probe {
+        Probe::Live => grpc(listen).await,
+        Probe::Ready => grpc_service(listen, service).await,
+    }
+}
+
+/// Answers `probe` of the HTTP server listening on `listen`: `GET /health` or `GET /ready`.
+pub async fn http_probe(listen: &str, probe: Probe) -> anyhow::Result<()> {
+    match probe {
+        Probe::Live => http(listen, "/health").await,
+        Probe::Ready => http(listen, "/ready").await,
+    }
 }
 
 /// The address to dial for a listen address: a wildcard host becomes loopback.
@@ -21,14 +53,21 @@ fn local_target(listen: &str) -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// Asks the gRPC health service listening on `listen` (the service's own listen address).
+/// Asks the gRPC health service listening on `listen` (the service's own listen
+/// address) for its overall status: liveness.
 pub async fn grpc(listen: &str) -> anyhow::Result<()> {
+    grpc_service(listen, "").await
+}
+
+/// Asks the gRPC health service listening on `listen` for the status of `service`
+/// (empty: the overall status).
+pub async fn grpc_service(listen: &str, service: &str) -> anyhow::Result<()> {
     let channel = crate::grpc::lazy_channel(&local_target(listen))?;
     let mut client = HealthClient::new(channel);
     let answer = tokio::time::timeout(
         TIMEOUT,
         client.check(HealthCheckRequest {
-            service: String::new(),
+            service: service.to_owned(),
         }),
     )
     .await

@@ -9,8 +9,10 @@ pub mod grpc;
 pub mod healthcheck;
 pub mod metrics;
 pub mod observe;
+pub mod readiness;
 pub mod redis;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tokens;
 pub mod user;
@@ -41,7 +43,8 @@ pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C), so servers can
-/// finish in-flight requests before exiting.
+/// finish in-flight requests before exiting (within `SHUTDOWN_GRACE_SECS`, see
+/// [`shutdown`]).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {

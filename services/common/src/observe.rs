@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -318,11 +319,8 @@ where
             rpc.grpc.status_code = Empty,
         );
         let _ = span.set_parent(remote_parent(request.headers()));
-        let active = gauge!(
-            "rpc_server_active_requests",
-            "service" => server_labels(&service, "", tonic::Code::Ok).0
-        );
-        active.increment(1.0);
+        // Decremented when the call ends however it ends, cancelled mid-way included.
+        let active = ActiveCall::start(server_labels(&service, "", tonic::Code::Ok).0);
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -343,9 +341,38 @@ where
             ];
             counter!("rpc_server_requests_total", &labels).increment(1);
             histogram!("rpc_server_request_duration_seconds", &labels).record(started.elapsed());
-            active.decrement(1.0);
+            drop(active);
             result
         })
+    }
+}
+
+/// Server calls in flight in this process (every server of it), for the drain's logs.
+static CALLS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// The gRPC server calls this process is serving now (a stream counts until its answer
+/// begins, as in `rpc_server_active_requests`).
+pub fn server_calls_in_flight() -> usize {
+    CALLS_IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// One server call in `rpc_server_active_requests` until dropped: a call whose future
+/// is dropped (the client cancelled, the deadline passed) leaves the gauge too.
+struct ActiveCall(metrics::Gauge);
+
+impl ActiveCall {
+    fn start(service: String) -> Self {
+        let gauge = gauge!("rpc_server_active_requests", "service" => service);
+        gauge.increment(1.0);
+        CALLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+        CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -41,10 +41,18 @@ pub async fn run(
         max_text_chars = settings.max_text_chars,
         "filter ready"
     );
+    let stopping = chat_common::shutdown::Shutdown::new(settings.shutdown_grace_secs);
     let (reporter, health) = chat_common::grpc::health();
-    reporter.set_serving::<FilterServiceServer<Filter>>().await;
+    // No dependency: ready until it drains.
+    chat_common::readiness::spawn(
+        reporter,
+        &[chat_proto::filter_service_server::SERVICE_NAME],
+        stopping.clone(),
+        || async { Ok(()) },
+    )
+    .await;
     let router = chat_common::grpc::server()
         .add_service(health)
         .add_service(FilterServiceServer::new(filter));
-    chat_common::grpc::serve(router, listener, shutdown).await
+    chat_common::grpc::serve(router, listener, shutdown, &stopping).await
 }

@@ -17,6 +17,10 @@ pub struct Settings {
     pub blocked_words: Vec<String>,
     /// Longest text accepted, in characters after cleaning (`MAX_TEXT_CHARS`).
     pub max_text_chars: usize,
+    /// Seconds a stop (SIGTERM) may take: new work is refused at once, work in flight
+    /// finishes, and what is still running near the end is wrapped up
+    /// (`SHUTDOWN_GRACE_SECS`; the orchestrator's grace must be longer).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Settings {
@@ -26,6 +30,7 @@ impl Default for Settings {
             filter_metrics_listen: "0.0.0.0:9052".to_owned(),
             blocked_words: vec!["foo".to_owned()],
             max_text_chars: 8000,
+            shutdown_grace_secs: chat_common::shutdown::DEFAULT_GRACE_SECS,
         }
     }
 }

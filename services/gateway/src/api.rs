@@ -69,11 +69,14 @@ pub async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (caller, text, conversation) = admit_chat(&state, &headers, body).await?;
-    // In a task of its own: a client that hangs up cannot cut the chat short.
+    // In a task of its own: a client that hangs up cannot cut the chat short, and a
+    // shutdown waits for it.
+    let stopping = state.stopping.clone();
     let task = async move {
         crate::chat::chat(&state.backends, &state.policy, caller, text, conversation).await
     };
-    let answer = tokio::spawn(task.in_current_span())
+    let answer = stopping
+        .spawn(task.in_current_span())
         .await
         .map_err(|error| {
             ApiError::dependency("gateway", tonic::Status::internal(error.to_string()))
@@ -96,8 +99,9 @@ pub async fn chat_stream(
         text,
         conversation,
         head,
+        state.stopping.clone(),
     );
-    tokio::spawn(task.in_current_span());
+    state.stopping.spawn(task.in_current_span());
     let events = answer.await.map_err(|_| {
         ApiError::dependency("gateway", tonic::Status::internal("chat task ended"))
     })??;

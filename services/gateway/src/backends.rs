@@ -14,12 +14,12 @@ use chat_proto::keyword_service_client::KeywordServiceClient;
 use chat_proto::llm_service_client::LlmServiceClient;
 use chat_proto::token_service_client::TokenServiceClient;
 use chat_proto::{
-    CompleteChunk, CompleteRequest, CompleteResponse, Conversation, FilterRequest, FilterResponse,
-    LatestConversationRequest, ListRequest, NewMessage, QuotaState, RemainingRequest,
-    ReserveRequest, ReserveResponse, SaveRequest, SaveResponse, SettleRequest, SettleResponse,
-    StoredMessage,
+    CompleteChunk, CompleteRequest, CompleteResponse, Conversation, ExtendRequest, ExtendResponse,
+    FilterRequest, FilterResponse, LatestConversationRequest, ListRequest, NewMessage, QuotaState,
+    RemainingRequest, ReserveRequest, ReserveResponse, SaveRequest, SaveResponse, SettleRequest,
+    SettleResponse, StoredMessage,
 };
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::{ApiError, Settings};
 
@@ -118,6 +118,12 @@ impl Backends {
         Ok(self.token.clone().settle(request).await?.into_inner())
     }
 
+    /// Keeps an open reservation from the sweeper a lifetime longer.
+    pub async fn extend(&self, message: ExtendRequest) -> Result<ExtendResponse, Status> {
+        let request = self.token_deadline.unary(message);
+        Ok(self.token.clone().extend(request).await?.into_inner())
+    }
+
     pub async fn remaining(
         &self,
         user_id: &str,
@@ -179,10 +185,35 @@ impl Backends {
     }
 
     /// Saves a turn into the conversation the request names (a new one when it names
-    /// none); answers where it went.
-    pub async fn save_to(&self, message: SaveRequest) -> Result<SaveResponse, Status> {
-        let request = self.history_deadline.unary(message);
-        Ok(self.history.clone().save(request).await?.into_inner())
+    /// none); answers where it went, or `None` when neither MySQL nor the history's
+    /// outbox took it. One retry, under the same request id, so a save whose answer was
+    /// lost is not stored twice.
+    pub async fn save_turn(&self, mut turn: SaveRequest) -> Option<SaveResponse> {
+        if turn.request_id.is_empty() {
+            turn.request_id = uuid::Uuid::new_v4().simple().to_string();
+        }
+        for attempt in 1..=2 {
+            let request = self.history_deadline.unary(turn.clone());
+            match self.history.clone().save(request).await {
+                Ok(saved) => return Some(saved.into_inner()),
+                Err(status) => {
+                    tracing::error!(
+                        attempt,
+                        user_id = %turn.user_id,
+                        conversation_id = %turn.conversation_id,
+                        request_id = %turn.request_id,
+                        code = ?status.code(),
+                        message = %status.message(),
+                        "saving the turn to history failed"
+                    );
+                    // Deleted mid-turn, or refused: a retry cannot change that.
+                    if matches!(status.code(), Code::NotFound | Code::InvalidArgument) {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The newest messages of one conversation of the user, oldest first: a chat's

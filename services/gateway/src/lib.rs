@@ -10,7 +10,8 @@
 //! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI's API for OpenAI's clients, the same path as `/chat` (`openai`) |
 //! | `POST /auth/login`, `POST /auth/logout`, `GET /auth/me` | the UI's session |
 //! | `/admin/...` | users, limits and API keys, with `ADMIN_API_KEY` |
-//! | `GET /health` | `ok` |
+//! | `GET /health` | `ok` while the process runs (liveness) |
+//! | `GET /ready` | 200 when the services a chat needs are ready, else 503 naming them; 503 while shutting down |
 //! | anything else (GET) | the browser UI (under `/v1/`, a JSON 404) |
 
 mod admin;
@@ -29,6 +30,7 @@ mod metrics;
 mod observe;
 mod openai;
 mod rate_limit;
+mod ready;
 mod routes;
 mod search;
 mod server;
@@ -44,7 +46,7 @@ pub use error::ApiError;
 pub use settings::{AuthMode, RetrievalScope, Settings, Switch};
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish.
+/// requests and chats finish within `SHUTDOWN_GRACE_SECS` (see [`server::serve`]).
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -55,6 +57,7 @@ pub async fn run(
     chat_common::tokens::warm_up();
     let backends = Backends::connect(&settings)?;
     let state = Arc::new(routes::AppState::new(&settings, backends.clone())?);
+    let stopping = state.stopping.clone();
     match settings.auth_mode {
         AuthMode::Required => {
             tokio::spawn(bootstrap::first_user(
@@ -68,7 +71,7 @@ pub async fn run(
     }
     let app = routes::router(&settings, state);
     tracing::info!(local = %listener.local_addr()?, auth_mode = ?settings.auth_mode, "gateway listening");
-    server::serve(listener, app, shutdown).await;
+    server::serve(listener, app, shutdown, stopping).await;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The gateway service's process: settings, logging, listener, then [`chat_gateway::run`].
-//! `chat-gateway healthcheck` asks a running instance whether it is healthy;
+//! `chat-gateway healthcheck` asks a running instance whether it is alive (`GET /health`),
+//! `chat-gateway ready` whether it is ready (`GET /ready`);
 //! `chat-gateway admin ...` manages users and keys ([`chat_gateway::cli`]).
 
 use chat_gateway::Settings;
@@ -8,8 +9,8 @@ use chat_gateway::Settings;
 async fn main() -> std::process::ExitCode {
     let outcome = async {
         let settings: Settings = chat_common::settings::load()?;
-        if chat_common::healthcheck::requested() {
-            return chat_common::healthcheck::http(&settings.gateway_listen, "/health").await;
+        if let Some(probe) = chat_common::healthcheck::requested() {
+            return chat_common::healthcheck::http_probe(&settings.gateway_listen, probe).await;
         }
         if let Some(args) = chat_gateway::cli::requested() {
             return chat_gateway::cli::run(&settings, args).await;

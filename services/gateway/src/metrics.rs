@@ -12,6 +12,8 @@ const HTTP_ACTIVE: &str = "http_server_active_requests";
 const RATE_LIMITED: &str = "gateway_rate_limited_total";
 const STREAMS: &str = "gateway_streams_total";
 const RESERVATIONS_DROPPED: &str = "gateway_reservations_dropped_total";
+const STALE_AUTHENTICATIONS: &str = "gateway_stale_authentications_total";
+const SETTLEMENTS_ABANDONED: &str = "gateway_settlements_abandoned_total";
 const LIMITER_FALLBACK: &str = "gateway_rate_limiter_fallback";
 const LIMITER_OUTAGES: &str = "gateway_rate_limiter_outages_total";
 const SHED: &str = "gateway_requests_shed_total";
@@ -41,6 +43,8 @@ impl StreamOutcome {
 pub fn describe() {
     counter!(RATE_LIMITED).increment(0);
     counter!(RESERVATIONS_DROPPED).increment(0);
+    counter!(STALE_AUTHENTICATIONS).increment(0);
+    counter!(SETTLEMENTS_ABANDONED).increment(0);
     counter!(LIMITER_OUTAGES).increment(0);
     gauge!(LIMITER_FALLBACK).set(0.0);
     gauge!(STREAMS_OPEN).set(0.0);
@@ -100,8 +104,19 @@ pub fn stream_ended(outcome: StreamOutcome) {
     counter!(STREAMS, "outcome" => outcome.label()).increment(1);
 }
 
+/// A caller let in on what was known of them before, the accounts service failing.
+pub fn stale_authentication() {
+    counter!(STALE_AUTHENTICATIONS).increment(1);
+}
+
 pub fn reservation_dropped() {
     counter!(RESERVATIONS_DROPPED).increment(1);
+}
+
+/// A settlement the token service never took, however long it was retried: the
+/// sweeper refunded its reservation, and the usage went uncharged.
+pub fn settlement_abandoned() {
+    counter!(SETTLEMENTS_ABANDONED).increment(1);
 }
 
 /// Counts one HTTP request in flight until the guard is dropped.

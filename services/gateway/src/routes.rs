@@ -9,6 +9,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use chat_common::shutdown::Shutdown;
 use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
@@ -18,6 +19,7 @@ use crate::chat::Policy;
 use crate::guard::Origins;
 use crate::login::CookieSecure;
 use crate::rate_limit::Limiter;
+use crate::ready::Readiness;
 use crate::{ApiError, Backends, Settings, admin, api, conversations, login};
 
 /// The browser UI, compiled into the binary so an image needs no extra files.
@@ -35,6 +37,11 @@ pub struct AppState {
     pub admission: Admission,
     pub max_body_bytes: usize,
     pub cookie_secure: CookieSecure,
+    /// The shutdown: every chat runs as one of its tasks, so a stop waits for it, and
+    /// `/ready` turns 503 once it begins.
+    pub stopping: Shutdown,
+    /// What `/ready` asks of the services.
+    pub readiness: Readiness,
 }
 
 impl AppState {
@@ -44,6 +51,7 @@ impl AppState {
                 settings.auth_mode,
                 backends.clone(),
                 std::time::Duration::from_millis(settings.auth_cache_ttl_ms),
+                std::time::Duration::from_millis(settings.auth_stale_ttl_ms),
             ),
             admin: AdminKey::new(settings.admin_api_key.as_ref()),
             policy: Policy::from(settings),
@@ -51,6 +59,8 @@ impl AppState {
             admission: Admission::new(settings),
             max_body_bytes: settings.max_body_bytes,
             cookie_secure: CookieSecure::from_setting(&settings.cookie_secure)?,
+            stopping: Shutdown::new(settings.shutdown_grace_secs),
+            readiness: Readiness::new(settings)?,
             backends,
         })
     }
@@ -92,7 +102,6 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
         )
         .route("/admin/keys/{key_id}", delete(admin::delete_key))
         .merge(crate::openai::routes(settings))
-        .route("/health", get(health))
         .route("/", get(index))
         .route_layer(axum::middleware::from_fn_with_state(
             origins,
@@ -122,9 +131,14 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(crate::openai::openai_errors))
         .layer(axum::middleware::from_fn(crate::guard::security_headers))
         .layer(axum::middleware::from_fn(crate::observe::observe))
+        // The probes, after every layer: never limited, shed, traced or counted, so a
+        // gateway under load is not thought dead.
+        .route("/health", get(health))
+        .route("/ready", get(crate::ready::ready))
         .with_state(state)
 }
 
+/// Liveness: the process answers, whatever its dependencies do.
 async fn health() -> &'static str {
     "ok"
 }

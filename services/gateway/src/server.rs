@@ -2,7 +2,7 @@
 //! timeout never fires and a client trickling its headers holds a connection forever;
 //! here every connection reads its headers within [`HEADER_READ_TIMEOUT`]. Otherwise
 //! the same: TCP_NODELAY, the peer address for `ConnectInfo`, and on shutdown no new
-//! connections while those open finish their requests.
+//! connections while those open finish their requests, within `SHUTDOWN_GRACE_SECS`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use chat_common::shutdown::Shutdown;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -23,13 +24,19 @@ use tower::ServiceExt;
 /// How long a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Serves `app` on `listener` until `signal` resolves, then drains within the grace of
+/// `stopping`: `/ready` turns 503, the listener closes (new connections are refused),
+/// requests in flight finish (streams relay to their end) and so do the chats running
+/// as its tasks, whose client may have left. Streams still running near the end of the
+/// grace are interrupted: they charge and save what was generated and tell the client.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    signal: impl Future<Output = ()> + Send + 'static,
+    stopping: Shutdown,
 ) {
-    let (stop, stopping) = watch::channel(false);
-    let mut shutdown = pin!(shutdown);
+    let (stop, stopped) = watch::channel(false);
+    let mut signal = pin!(signal);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -41,16 +48,47 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut signal => break,
         };
         // Replies and stream events are small writes: send them without Nagle's delay.
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, peer, app.clone(), stopping.clone()));
+        tokio::spawn(connection(stream, peer, app.clone(), stopped.clone()));
     }
+    drop(stopped);
+    let local = listener
+        .local_addr()
+        .map(|address| address.to_string())
+        .unwrap_or_default();
     drop(listener);
-    let _ = stop.send(true);
+    stopping.begin();
     // Each connection holds a receiver until it is done.
-    stop.closed().await;
+    let connections = stop.receiver_count();
+    tracing::info!(
+        %local,
+        connections,
+        chats = stopping.tasks_in_flight(),
+        grace_secs = stopping.grace().as_secs(),
+        "draining: refusing new connections, finishing requests and chats in flight"
+    );
+    let _ = stop.send(true);
+    let drained = stopping.drain(stop.closed()).await;
+    let unfinished = stop.receiver_count();
+    if drained.abandoned > 0 || unfinished > 0 {
+        tracing::warn!(
+            connections_cut = unfinished,
+            chats_at_start = drained.tasks_at_start,
+            chats_interrupted = drained.interrupted,
+            chats_cut = drained.abandoned,
+            "drained: grace over with work unfinished"
+        );
+    } else {
+        tracing::info!(
+            connections,
+            chats_at_start = drained.tasks_at_start,
+            chats_interrupted = drained.interrupted,
+            "drained: every request and chat finished"
+        );
+    }
 }
 
 async fn connection(

@@ -104,12 +104,20 @@ pub struct Settings {
     /// How long a checked credential is trusted before it is checked again: the longest
     /// a revoked key keeps working on a replica (`AUTH_CACHE_TTL_MS`).
     pub auth_cache_ttl_ms: u64,
+    /// How long a caller once checked is still let in while the accounts service cannot
+    /// answer (MySQL down): availability over a revocation made during the outage
+    /// (`AUTH_STALE_TTL_MS`; 0 turns it off).
+    pub auth_stale_ttl_ms: u64,
     /// Origins allowed to send state-changing requests besides the gateway's own,
     /// comma-separated, e.g. `https://chat.example.com` (`ALLOWED_ORIGINS`).
     pub allowed_origins: String,
     /// Mark the session cookie `Secure`: `auto` when the request came over HTTPS (as a
     /// proxy's `X-Forwarded-Proto` says), `always` or `never` (`COOKIE_SECURE`).
     pub cookie_secure: String,
+    /// Seconds a stop (SIGTERM) may take: new work is refused at once, work in flight
+    /// finishes, and what is still running near the end is wrapped up
+    /// (`SHUTDOWN_GRACE_SECS`; the orchestrator's grace must be longer).
+    pub shutdown_grace_secs: u64,
 }
 
 /// Who may call the API.
@@ -164,8 +172,10 @@ impl Default for Settings {
             admin_api_key: None,
             admin_password: None,
             auth_cache_ttl_ms: 2000,
+            auth_stale_ttl_ms: 600_000,
             allowed_origins: String::new(),
             cookie_secure: "auto".to_owned(),
+            shutdown_grace_secs: chat_common::shutdown::DEFAULT_GRACE_SECS,
         }
     }
 }

@@ -532,3 +532,57 @@ async fn a_client_that_trickles_its_headers_is_cut_off() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_provider_counting_twice_our_tokens_never_spends_past_the_limit() -> anyhow::Result<()> {
+    // Reservations sized by our tokenizer alone let 120 concurrent chats spend 5,273 of
+    // 5,000 against such a provider; calibrated per model, never past the limit.
+    let limit = 5000;
+    let stack = Stack::start_with(|config| {
+        config.token.daily_limit = limit;
+        config.gateway.min_reservation = 50;
+    })
+    .await?;
+    stack.provider.count_prompts_times(2.0);
+    // Short replies: the prompt is most of each chat's cost.
+    stack.provider.always(Upstream::Reply("Noted.".to_owned()));
+    let text = |i: usize| {
+        format!(
+            "question {i}: {}",
+            "tell me about the history of the river, the bridges over it, the towns along \
+             its banks and the boats that sailed it in the old days. "
+                .repeat(4)
+        )
+    };
+    let stack = &stack;
+    let chats = (0..120).map(|i| {
+        let text = text(i);
+        async move { stack.chat("u1", &text).await }
+    });
+    let results = futures::future::try_join_all(chats).await?;
+    let mut spent = 0;
+    let (mut ok, mut refused) = (0, 0);
+    for (status, body) in &results {
+        match status.as_u16() {
+            200 => {
+                ok += 1;
+                spent += total_tokens(body);
+                let usage = &body["usage"];
+                assert!(
+                    usage["prompt_tokens"].as_i64() > Some(200),
+                    "the provider counted the prompt double: {usage}"
+                );
+            }
+            429 => {
+                assert_eq!(body["error"], "quota_exceeded");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused");
+    assert!(spent <= limit, "spent {spent} of {limit}");
+    // Spending is exactly the usage the callers were told.
+    assert_eq!(stack.remaining("u1").await?, limit - spent);
+    Ok(())
+}

@@ -47,6 +47,6 @@ fn promtool_accepts_the_alerting_rules() -> anyhow::Result<()> {
     let mut args = vec!["check", "rules"];
     args.extend(rules.iter().map(String::as_str));
     let printed = promtool(&args)?;
-    assert!(printed.contains("SUCCESS: 13 rules found"), "{printed}");
+    assert!(printed.contains("SUCCESS: 16 rules found"), "{printed}");
     Ok(())
 }

@@ -233,3 +233,39 @@ async fn a_client_that_leaves_before_the_first_delta_cancels_upstream_at_once() 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stream_longer_than_its_reservation_keeps_it_until_it_is_charged() -> anyhow::Result<()> {
+    // Reservations live one second; the sweeper looks ten times a second; the reply
+    // takes about four seconds.
+    let stack = Stack::start_with(|settings| {
+        settings.token.reservation_ttl_secs = 1;
+        settings.token.sweep_interval_ms = 100;
+    })
+    .await?;
+    stack.provider.then([Upstream::Streamed {
+        text: "one two three four five six seven eight".to_owned(),
+        chunk_delay: Duration::from_millis(500),
+    }]);
+    let response = open_stream(&stack, "count slowly").await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let reading = tokio::spawn(read_events(response, None));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        stack.remaining("u1").await? < stack.daily_limit,
+        "the reservation is still held, not refunded by the sweeper"
+    );
+    let events = reading.await??;
+    let done = &events[events.len() - 1];
+    assert_eq!(done.0, "done", "{events:?}");
+    let total = done.1["usage"]["total_tokens"].as_i64().unwrap_or(0);
+    assert!(total > 0);
+    assert_eq!(
+        done.1["remaining"].as_i64(),
+        Some(stack.daily_limit - total)
+    );
+    // Charged once, and nothing is refunded after it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(stack.remaining("u1").await?, stack.daily_limit - total);
+    Ok(())
+}

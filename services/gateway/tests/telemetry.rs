@@ -488,7 +488,7 @@ const TARGET_LABELS: [&str; 2] = ["job", "instance"];
 /// Our metrics referenced in `expression`, with the label names their selectors use.
 fn referenced(expression: &str) -> Vec<(String, BTreeSet<String>)> {
     let metric = regex::Regex::new(
-        r"\b((?:http_server|rpc_server|rpc_client|llm|quota|gateway|history_cache|db_client)_[a-z0-9_]+)(\{[^}]*\})?",
+        r"\b((?:http_server|rpc_server|rpc_client|llm|quota|gateway|history|accounts|keyword|db_client)_[a-z0-9_]+)(\{[^}]*\})?",
     );
     let matcher = regex::Regex::new(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)");
     let (Ok(metric), Ok(matcher)) = (metric, matcher) else {

@@ -5,6 +5,9 @@
 //! (`...:version`): a save bumps it, a delete removes it, and a refill writes only if it
 //! is unchanged since the refill's MySQL read began.
 //!
+//! Beside them, in the same slot: `history:{user}:latest` (the conversation the user
+//! last saved to) and `history:{user}:outbox` (saves waiting for MySQL, `outbox.rs`).
+//!
 //! The user id in the keys is a hash tag (`history:{u1}`, `history:{u1}#<conversation>`,
 //! their `:version`): every key a script touches is declared and in the user's one slot,
 //! so the scripts run on a Redis Cluster.
@@ -182,30 +185,66 @@ impl Cache {
     }
 
     /// Records saved messages (oldest first) after their MySQL commit, in the user's
-    /// list and in their conversation's.
+    /// list and in their conversation's (none when `conversation_id` is empty), and
+    /// makes the conversation the user's latest.
     pub async fn append(
         &self,
         user_id: &str,
         conversation_id: &str,
         oldest_first: &[CachedMessage],
     ) -> Result<(), CacheError> {
-        let (user_list, user_version) = self.keys(Scope::User(user_id));
-        let (list, version) = self.keys(Scope::Conversation {
-            user_id,
-            conversation_id,
-        });
+        self.append_with(user_id, conversation_id, oldest_first, ("", ""))
+            .await
+    }
+
+    /// As [`Cache::append`], adding `entry` (JSON) to the user's outbox stream in the
+    /// same step: the messages show in reads from the moment they are durable. A save
+    /// already queued under `request_id` is not queued again.
+    pub async fn append_pending(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        provisional: &[CachedMessage],
+        entry: &str,
+        request_id: &str,
+    ) -> Result<(), CacheError> {
+        self.append_with(user_id, conversation_id, provisional, (entry, request_id))
+            .await
+    }
+
+    async fn append_with(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        oldest_first: &[CachedMessage],
+        (entry, request_id): (&str, &str),
+    ) -> Result<(), CacheError> {
         let items = oldest_first
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(CacheError::Json)?;
-        let mut invocation = APPEND.key(user_list);
+        let (user_list, user_version) = self.keys(Scope::User(user_id));
+        // The outbox's keys, the same as `Outbox::stream_key` and `Outbox::ids_key`.
+        let mut invocation = APPEND.key(format!("{user_list}:outbox"));
         invocation
-            .key(user_version)
-            .key(list)
-            .key(version)
+            .key(format!("{user_list}:outbox:ids"))
+            .key(self.latest_key(user_id))
+            .key(user_list)
+            .key(user_version);
+        if !conversation_id.is_empty() {
+            let (list, version) = self.keys(Scope::Conversation {
+                user_id,
+                conversation_id,
+            });
+            invocation.key(list).key(version);
+        }
+        invocation
+            .arg(entry)
+            .arg(request_id)
             .arg(self.ttl_secs)
             .arg(self.size)
+            .arg(conversation_id)
             .arg(items);
         let _: i64 = self
             .run("append", async |connection| {
@@ -213,6 +252,21 @@ impl Cache {
             })
             .await?;
         Ok(())
+    }
+
+    /// The key naming the conversation the user last saved to.
+    fn latest_key(&self, user_id: &str) -> String {
+        format!("{}history:{{{user_id}}}:latest", self.prefix)
+    }
+
+    /// The conversation the user last saved to, as far as the cache knows: what a chat
+    /// naming none goes to while MySQL cannot say.
+    pub async fn latest(&self, user_id: &str) -> Result<Option<String>, CacheError> {
+        let key = self.latest_key(user_id);
+        self.run("get", async |connection| {
+            redis::cmd("GET").arg(&key).query_async(connection).await
+        })
+        .await
     }
 
     /// Drops the cached lists of these conversations, and the user's list (it holds
@@ -223,9 +277,9 @@ impl Cache {
         user_id: &str,
         conversation_ids: &[String],
     ) -> Result<(), CacheError> {
-        let mut keys = Vec::with_capacity(2 + 2 * conversation_ids.len());
+        let mut keys = Vec::with_capacity(3 + 2 * conversation_ids.len());
         let (list, version) = self.keys(Scope::User(user_id));
-        keys.extend([list, version]);
+        keys.extend([list, version, self.latest_key(user_id)]);
         for conversation_id in conversation_ids {
             let (list, version) = self.keys(Scope::Conversation {
                 user_id,
@@ -269,8 +323,15 @@ impl Cache {
                 break;
             }
         }
+        // The outbox too: an erased user's pending saves must not come back.
         let (list, version) = self.keys(Scope::User(user_id));
-        found.extend([list, version]);
+        found.extend([
+            format!("{list}:outbox"),
+            format!("{list}:outbox:ids"),
+            list,
+            version,
+            self.latest_key(user_id),
+        ]);
         for chunk in found.chunks(512) {
             let _: i64 = self
                 .run("del", async |connection| {

@@ -27,6 +27,14 @@ pub enum HistoryError {
     BadConversationKey,
     #[error("the cursor is not one this service gave")]
     BadCursor,
+    #[error("a request id is 1 to 64 characters of letters, digits and . _ : -")]
+    BadRequestId,
+    /// MySQL failed moments ago; it is left alone for a second (see `store::Breaker`).
+    #[error("history store: MySQL is unavailable")]
+    MysqlAway,
+    /// MySQL could not take a save, and neither could the outbox in Redis.
+    #[error("history store: neither MySQL nor the outbox could take the save")]
+    OutboxUnavailable,
     /// MySQL has forgotten what was deleted, but the cache could not be cleared: the
     /// caller retries.
     #[error("deleted, but the cache could not be cleared; retry")]
@@ -50,6 +58,18 @@ pub enum HistoryError {
 }
 
 impl HistoryError {
+    /// MySQL is down, hung or too slow: what the outbox and the breaker are for.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Self::Mysql(_)
+                | Self::NoConnectionInTime
+                | Self::ReadTimedOut
+                | Self::WriteTimedOut
+                | Self::MysqlAway
+        )
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::BadUserId(_)
@@ -57,7 +77,8 @@ impl HistoryError {
             | Self::BadRole
             | Self::BadTitle
             | Self::BadConversationKey
-            | Self::BadCursor => ErrorCode::BadRequest,
+            | Self::BadCursor
+            | Self::BadRequestId => ErrorCode::BadRequest,
             Self::ConversationNotFound => ErrorCode::NotFound,
             // Timeouts too: the caller cannot tell a slow MySQL from a missing one.
             Self::Mysql(_)
@@ -65,6 +86,8 @@ impl HistoryError {
             | Self::ReadTimedOut
             | Self::WriteTimedOut
             | Self::WriterStopped
+            | Self::MysqlAway
+            | Self::OutboxUnavailable
             | Self::CacheNotCleared => ErrorCode::Unavailable,
             Self::NoInsertId | Self::WriterDroppedSave => ErrorCode::Internal,
         }

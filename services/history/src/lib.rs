@@ -7,6 +7,12 @@
 //! caching a list without the saved messages. The schema is created and upgraded by the
 //! versioned migrations in `deploy/mysql/migrations` at start.
 //!
+//! Exactly once: a save carries the caller's request id, and each of its rows a key
+//! made from it, unique per user in MySQL, so a retry adds nothing (`writer.rs`). When
+//! MySQL is down, hung or slow, a save goes to a durable outbox in Redis instead and is
+//! answered `pending`; reads show it meanwhile, and the drainer writes it, in order and
+//! once, when MySQL is back (`outbox.rs`, `drain.rs`).
+//!
 //! The request path is `store.rs`, conversations are `conversations.rs`; `service.rs`
 //! is the gRPC edge over them.
 //!
@@ -16,10 +22,13 @@
 mod accounts;
 mod cache;
 mod conversations;
+mod drain;
 mod dsn;
 mod error;
 mod metrics;
 mod migrations;
+mod outbox;
+mod readiness;
 mod service;
 mod settings;
 mod store;
@@ -35,6 +44,7 @@ pub use accounts::{AccountError, Accounts};
 pub use dsn::mysql_opts;
 pub use error::HistoryError;
 pub use migrations::migrate;
+pub use readiness::{mysql_ping, mysql_ping_pool};
 pub use settings::Settings;
 pub use store::History;
 
@@ -48,19 +58,24 @@ pub async fn run(
     chat_common::metrics::spawn_server(&settings.history_metrics_listen).await?;
     metrics::register();
     let history = History::connect(&settings).await?;
-    let accounts = Accounts::new(&settings, history.mysql_pool()).await?;
+    let accounts = Accounts::new(&settings, &history).await?;
+    let stopping = chat_common::shutdown::Shutdown::new(settings.shutdown_grace_secs);
     let (reporter, health) = chat_common::grpc::health();
-    reporter
-        .set_serving::<HistoryServiceServer<History>>()
-        .await;
-    reporter
-        .set_serving::<AccountServiceServer<Accounts>>()
-        .await;
+    chat_common::readiness::spawn(
+        reporter,
+        &[
+            chat_proto::history_service_server::SERVICE_NAME,
+            chat_proto::account_service_server::SERVICE_NAME,
+        ],
+        stopping.clone(),
+        readiness::check(&settings)?,
+    )
+    .await;
     let router = chat_common::grpc::server()
         .add_service(health)
         .add_service(HistoryServiceServer::new(history.clone()))
         .add_service(AccountServiceServer::new(accounts));
-    let served = chat_common::grpc::serve(router, listener, shutdown).await;
+    let served = chat_common::grpc::serve(router, listener, shutdown, &stopping).await;
     history.close().await;
     served
 }

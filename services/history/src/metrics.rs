@@ -3,13 +3,17 @@
 //! here without them. MySQL and Redis calls are timed by `chat_common::observe::db`,
 //! under the `system` labels below.
 
-use ::metrics::{counter, histogram};
+use ::metrics::{counter, gauge, histogram};
 
 const CACHE_REQUESTS: &str = "history_cache_requests_total";
 const WRITE_BATCH_SIZE: &str = "history_write_batch_size";
 const LOGINS: &str = "accounts_logins_total";
 const AUTHENTICATIONS: &str = "accounts_authentications_total";
 const SESSION_CHECKS: &str = "accounts_session_checks_total";
+const OUTBOX_QUEUED: &str = "history_outbox_queued_total";
+const OUTBOX_DRAINED: &str = "history_outbox_drained_total";
+const OUTBOX_USERS: &str = "history_outbox_users";
+const MYSQL_BREAKER: &str = "history_mysql_breaker_open";
 
 /// The `system` labels of this service's `db_client_*` series.
 pub const MYSQL: &str = "mysql";
@@ -110,6 +114,56 @@ pub fn register() {
     for outcome in ["ok", "refused"] {
         counter!(SESSION_CHECKS, "outcome" => outcome).increment(0);
     }
+    counter!(OUTBOX_QUEUED).increment(0);
+    for outcome in DrainOutcome::ALL {
+        counter!(OUTBOX_DRAINED, "outcome" => outcome.label()).increment(0);
+    }
+    gauge!(OUTBOX_USERS).set(0.0);
+    gauge!(MYSQL_BREAKER).set(0.0);
+}
+
+/// What became of an outbox entry, the `outcome` label of
+/// `history_outbox_drained_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum DrainOutcome {
+    /// Written to MySQL.
+    Saved,
+    /// Already there: an earlier attempt under its request id had committed.
+    Repeat,
+    /// Its conversation is gone (deleted meanwhile, or never the user's), or MySQL
+    /// refused it for good: logged with its content, not written.
+    Dropped,
+}
+
+impl DrainOutcome {
+    const ALL: [Self; 3] = [Self::Saved, Self::Repeat, Self::Dropped];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Saved => "saved",
+            Self::Repeat => "repeat",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// A save queued in the outbox because MySQL could not take it.
+pub fn outbox_queued() {
+    counter!(OUTBOX_QUEUED).increment(1);
+}
+
+pub fn outbox_drained(outcome: DrainOutcome) {
+    counter!(OUTBOX_DRAINED, "outcome" => outcome.label()).increment(1);
+}
+
+/// Users with saves waiting in the outbox, as the drainer last saw them.
+pub fn outbox_users(users: u64) {
+    gauge!(OUTBOX_USERS).set(users as f64);
+}
+
+/// 1 while MySQL is left alone after a failure.
+pub fn mysql_breaker(open: bool) {
+    gauge!(MYSQL_BREAKER).set(if open { 1.0 } else { 0.0 });
 }
 
 pub fn login(outcome: LoginOutcome) {

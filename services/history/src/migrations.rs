@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "keyword_index",
         sql: include_str!("../../../deploy/mysql/migrations/0007_keyword_index.sql"),
     },
+    Migration {
+        version: 8,
+        name: "save_keys",
+        sql: include_str!("../../../deploy/mysql/migrations/0008_save_keys.sql"),
+    },
 ];
 
 const LOCK: &str = "chat_history_migrations";

@@ -29,6 +29,9 @@ pub struct Settings {
     pub history_max_limit: u32,
     /// Per-operation timeout for MySQL and Redis, so an outage answers promptly.
     pub store_timeout_ms: u64,
+    /// How long a save waits for MySQL before it goes to the outbox in Redis instead
+    /// (`HISTORY_SAVE_TIMEOUT_MS`): the longest a chat waits on a hung MySQL.
+    pub history_save_timeout_ms: u64,
     /// Tasks committing saves; each commits whatever saves wait, as one INSERT
     /// (`HISTORY_WRITERS`).
     pub history_writers: usize,
@@ -43,6 +46,10 @@ pub struct Settings {
     /// The window failed logins are counted in, from the first one
     /// (`LOGIN_FAILURE_WINDOW_SECONDS`).
     pub login_failure_window_seconds: u64,
+    /// Seconds a stop (SIGTERM) may take: new work is refused at once, work in flight
+    /// finishes, and what is still running near the end is wrapped up
+    /// (`SHUTDOWN_GRACE_SECS`; the orchestrator's grace must be longer).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Settings {
@@ -58,11 +65,13 @@ impl Default for Settings {
             history_default_limit: 40,
             history_max_limit: 200,
             store_timeout_ms: 2000,
+            history_save_timeout_ms: 500,
             history_writers: 4,
             history_batch_rows: 256,
             session_ttl_seconds: 12 * 3600,
             login_max_failures: 5,
             login_failure_window_seconds: 15 * 60,
+            shutdown_grace_secs: chat_common::shutdown::DEFAULT_GRACE_SECS,
         }
     }
 }

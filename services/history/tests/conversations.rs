@@ -61,6 +61,7 @@ impl Fixture {
             messages,
             conversation_id: to.0.into(),
             conversation_key: to.1.into(),
+            ..SaveRequest::default()
         };
         Ok(self.history.save(Request::new(request)).await?.into_inner())
     }
@@ -497,7 +498,11 @@ async fn erasing_a_user_leaves_nothing_of_theirs_in_mysql_or_redis() -> anyhow::
             .count()
     };
     assert_eq!(names("u1"), 0, "{keys:?}");
-    assert_eq!(names("u2"), 4, "u2's lists and versions stay: {keys:?}");
+    assert_eq!(
+        names("u2"),
+        5,
+        "u2's lists, versions and latest conversation stay: {keys:?}"
+    );
     assert!(texts(&fixture.context("u1", "").await?).is_empty());
     let listed = fixture
         .history

@@ -99,12 +99,24 @@ pub async fn run(
             let _ = indexer_stopped.await;
         },
     ));
+    let stopping = chat_common::shutdown::Shutdown::new(settings.shutdown_grace_secs);
     let (reporter, health) = chat_common::grpc::health();
-    reporter.set_serving::<KeywordServiceServer<Index>>().await;
+    // Ready while its MySQL answers (pinged on a connection of its own).
+    let mysql = chat_history::mysql_ping_pool(&settings.mysql_dsn)?;
+    chat_common::readiness::spawn(
+        reporter,
+        &[chat_proto::keyword_service_server::SERVICE_NAME],
+        stopping.clone(),
+        move || {
+            let mysql = mysql.clone();
+            async move { chat_history::mysql_ping(&mysql).await }
+        },
+    )
+    .await;
     let router = chat_common::grpc::server()
         .add_service(health)
         .add_service(KeywordServiceServer::new(index.clone()));
-    let served = chat_common::grpc::serve(router, listener, shutdown).await;
+    let served = chat_common::grpc::serve(router, listener, shutdown, &stopping).await;
     let _ = stop_indexer.send(());
     let _ = indexer.await;
     if let Err(error) = index.mysql.clone().disconnect().await {

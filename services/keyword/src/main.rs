@@ -1,5 +1,6 @@
 //! The keyword service's process: settings, logging, listener, then [`chat_keyword::run`].
-//! `chat-keyword healthcheck` asks a running instance whether it is healthy;
+//! `chat-keyword healthcheck` asks a running instance whether it is alive, `chat-keyword ready`
+//! whether it is ready;
 //! `chat-keyword reindex [USER_ID]` rebuilds the index of one user, or everyone's, from
 //! the history.
 
@@ -10,8 +11,10 @@ use chat_keyword::Settings;
 async fn main() -> std::process::ExitCode {
     let outcome = async {
         let settings: Settings = chat_common::settings::load()?;
-        if chat_common::healthcheck::requested() {
-            return chat_common::healthcheck::grpc(&settings.keyword_listen).await;
+        if let Some(probe) = chat_common::healthcheck::requested() {
+            let service = chat_proto::keyword_service_server::SERVICE_NAME;
+            return chat_common::healthcheck::grpc_probe(&settings.keyword_listen, probe, service)
+                .await;
         }
         let _telemetry = chat_common::telemetry::init("keyword");
         let arguments: Vec<String> = std::env::args().skip(1).collect();
@@ -23,7 +26,7 @@ async fn main() -> std::process::ExitCode {
                 Ok(())
             }
             Some(other) => {
-                anyhow::bail!("unknown command {other:?}: healthcheck or reindex [USER_ID]")
+                anyhow::bail!("unknown command {other:?}: healthcheck, ready or reindex [USER_ID]")
             }
             None => {
                 let listener = chat_common::bind(&settings.keyword_listen).await?;

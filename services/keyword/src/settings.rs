@@ -24,6 +24,10 @@ pub struct Settings {
     pub keyword_index_batch: u32,
     /// Deadline of each MySQL call (`STORE_TIMEOUT_MS`).
     pub store_timeout_ms: u64,
+    /// Seconds a stop (SIGTERM) may take: new work is refused at once, work in flight
+    /// finishes, and what is still running near the end is wrapped up
+    /// (`SHUTDOWN_GRACE_SECS`; the orchestrator's grace must be longer).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Settings {
@@ -36,6 +40,7 @@ impl Default for Settings {
             keyword_index_interval_ms: 1000,
             keyword_index_batch: 256,
             store_timeout_ms: 2000,
+            shutdown_grace_secs: chat_common::shutdown::DEFAULT_GRACE_SECS,
         }
     }
 }

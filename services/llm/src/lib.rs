@@ -43,10 +43,19 @@ pub async fn run(
     metrics::describe(&settings.openai_model);
     let llm = Llm::new(&settings)?;
     chat_common::tokens::warm_up();
+    let stopping = chat_common::shutdown::Shutdown::new(settings.shutdown_grace_secs);
     let (reporter, health) = chat_common::grpc::health();
-    reporter.set_serving::<LlmServiceServer<Llm>>().await;
+    // Ready until it drains: a provider that fails is answered call by call (and
+    // retried), and no probe of ours should spend the provider's quota.
+    chat_common::readiness::spawn(
+        reporter,
+        &[chat_proto::llm_service_server::SERVICE_NAME],
+        stopping.clone(),
+        || async { Ok(()) },
+    )
+    .await;
     let router = chat_common::grpc::server()
         .add_service(health)
         .add_service(LlmServiceServer::new(llm));
-    chat_common::grpc::serve(router, listener, shutdown).await
+    chat_common::grpc::serve(router, listener, shutdown, &stopping).await
 }

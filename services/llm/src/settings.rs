@@ -32,6 +32,10 @@ pub struct Settings {
     pub llm_retry_base_ms: u64,
     /// Pause between the mock provider's streamed words (`MOCK_CHUNK_DELAY_MS`).
     pub mock_chunk_delay_ms: u64,
+    /// Seconds a stop (SIGTERM) may take: new work is refused at once, work in flight
+    /// finishes, and what is still running near the end is wrapped up
+    /// (`SHUTDOWN_GRACE_SECS`; the orchestrator's grace must be longer).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Settings {
@@ -48,6 +52,7 @@ impl Default for Settings {
             llm_max_retries: 4,
             llm_retry_base_ms: 250,
             mock_chunk_delay_ms: 30,
+            shutdown_grace_secs: chat_common::shutdown::DEFAULT_GRACE_SECS,
         }
     }
 }

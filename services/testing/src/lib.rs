@@ -11,12 +11,15 @@
 
 mod mysql;
 pub mod openai;
+mod own_mariadb;
 mod own_redis;
 mod redis;
+pub mod signal;
 pub mod stack;
 
 pub use mysql::{TestDatabase, mysql_server_url};
 pub use openai::{FakeOpenAi, FixedReply, Marks, Upstream};
+pub use own_mariadb::OwnMariadb;
 pub use own_redis::OwnRedis;
 pub use redis::{TestRedis, redis_addr};
 

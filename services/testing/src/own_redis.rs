@@ -10,6 +10,9 @@ use tokio::process::{Child, Command};
 pub struct OwnRedis {
     pub port: u16,
     cluster: bool,
+    /// Every write in an append-only file, synced before it is answered, as a deployed
+    /// Redis keeps its data (compose runs it with `--appendonly yes`): a kill loses nothing.
+    persistent: bool,
     dir: PathBuf,
     server: Option<Child>,
 }
@@ -17,13 +20,19 @@ pub struct OwnRedis {
 impl OwnRedis {
     /// A plain server, no persistence: a restart starts empty.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::launch(false).await
+        Self::launch(false, false).await
+    }
+
+    /// A server that keeps every acknowledged write across a kill and a start
+    /// ([`stop`](Self::stop), [`resume`](Self::resume)): `appendfsync always`.
+    pub async fn start_persistent() -> anyhow::Result<Self> {
+        Self::launch(false, true).await
     }
 
     /// A one-node Redis Cluster owning every slot: a script that declares keys of two
     /// slots fails there with `CROSSSLOT`, as on any cluster.
     pub async fn start_cluster() -> anyhow::Result<Self> {
-        let redis = Self::launch(true).await?;
+        let redis = Self::launch(true, false).await?;
         let pool = chat_common::redis::pool(&redis.addr(), 1, Duration::from_secs(2))?;
         let mut connection = pool.get().await?;
         let _: String = deadpool_redis::redis::cmd("CLUSTER")
@@ -46,7 +55,7 @@ impl OwnRedis {
         }
     }
 
-    async fn launch(cluster: bool) -> anyhow::Result<Self> {
+    async fn launch(cluster: bool, persistent: bool) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -55,6 +64,7 @@ impl OwnRedis {
         let mut redis = Self {
             port,
             cluster,
+            persistent,
             dir,
             server: None,
         };
@@ -71,9 +81,20 @@ impl OwnRedis {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir);
+        if self.persistent {
+            command.args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ]);
+        } else {
+            command.args(["--save", "", "--appendonly", "no"]);
+        }
         if self.cluster {
             command.args(["--cluster-enabled", "yes"]);
         }

@@ -16,6 +16,10 @@ pub enum QuotaError {
     ActualTokensNegative,
     #[error("daily_limit must not be negative")]
     LimitNegative,
+    #[error("prompt_tokens and output_tokens must not be negative")]
+    PartsNegative,
+    #[error("model must be at most 200 characters")]
+    ModelTooLong,
     /// No pooled Redis connection: Redis is down or the pool is exhausted.
     #[error("quota store unavailable: {0}")]
     StoreUnavailable(deadpool_redis::PoolError),
@@ -25,6 +29,9 @@ pub enum QuotaError {
     /// the caller cannot tell the two apart and retries the same way.
     #[error("quota store timed out")]
     StoreTimedOut,
+    /// The settlement journal's disk failed.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// The time zone has no next midnight: a bug or a broken tz database.
     #[error("calendar: {0}")]
     Calendar(jiff::Error),
@@ -37,11 +44,26 @@ impl QuotaError {
             | Self::BadReservationId
             | Self::TokensNotPositive
             | Self::ActualTokensNegative
-            | Self::LimitNegative => ErrorCode::BadRequest,
+            | Self::LimitNegative
+            | Self::PartsNegative
+            | Self::ModelTooLong => ErrorCode::BadRequest,
             Self::StoreUnavailable(_) | Self::StoreFailed(_) | Self::StoreTimedOut => {
                 ErrorCode::Unavailable
             }
-            Self::Calendar(_) => ErrorCode::Internal,
+            Self::Journal(_) | Self::Calendar(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Redis could not be reached or did not answer in time: the same operation may
+    /// succeed later (and a settlement is journalled meanwhile). A script Redis refused
+    /// is not: it would fail again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::StoreUnavailable(_) | Self::StoreTimedOut => true,
+            Self::StoreFailed(error) => {
+                !matches!(error.retry_method(), redis::RetryMethod::NoRetry)
+            }
+            _ => false,
         }
     }
 }

@@ -8,11 +8,19 @@ const RESERVATIONS: &str = "quota_reservations_total";
 const SETTLEMENTS: &str = "quota_settlements_total";
 const REFUNDS: &str = "quota_refunds_total";
 const STORE_ERRORS: &str = "quota_store_errors_total";
+const EXTENSIONS: &str = "quota_extensions_total";
+const JOURNAL_REPLAYED: &str = "quota_journal_replayed_total";
 
 const GRANTED: &str = "granted";
 const REJECTED: &str = "rejected";
 const SETTLED: &str = "settled";
 const UNKNOWN: &str = "unknown";
+/// Settled after the sweeper had refunded it: charged from its tombstone.
+const LATE: &str = "late";
+/// Redis was away: journalled, applied later.
+const QUEUED: &str = "queued";
+const EXTENDED: &str = "extended";
+const CLOSED: &str = "closed";
 const FAILED_CALL: &str = "failed_call";
 const ABANDONED: &str = "abandoned";
 
@@ -25,9 +33,13 @@ pub fn register() {
     for result in [GRANTED, REJECTED] {
         counter!(RESERVATIONS, "result" => result).increment(0);
     }
-    for result in [SETTLED, UNKNOWN] {
+    for result in [SETTLED, UNKNOWN, LATE, QUEUED] {
         counter!(SETTLEMENTS, "result" => result).increment(0);
     }
+    for result in [EXTENDED, CLOSED] {
+        counter!(EXTENSIONS, "result" => result).increment(0);
+    }
+    counter!(JOURNAL_REPLAYED).increment(0);
     for reason in [FAILED_CALL, ABANDONED] {
         counter!(REFUNDS, "reason" => reason).increment(0);
     }
@@ -57,4 +69,25 @@ pub fn abandoned_refunded(count: u64) {
 
 pub fn store_error() {
     counter!(STORE_ERRORS).increment(1);
+}
+
+/// A settlement that came after the sweeper refunded its reservation.
+pub fn settlement_late() {
+    counter!(SETTLEMENTS, "result" => LATE).increment(1);
+}
+
+/// A settlement journalled because Redis could not take it.
+pub fn settlement_queued() {
+    counter!(SETTLEMENTS, "result" => QUEUED).increment(1);
+}
+
+/// Journalled settlements applied in Redis.
+pub fn journal_replayed(count: usize) {
+    counter!(JOURNAL_REPLAYED).increment(count as u64);
+}
+
+/// `extended` is false for a reservation no longer open.
+pub fn extension(extended: bool) {
+    let result = if extended { EXTENDED } else { CLOSED };
+    counter!(EXTENSIONS, "result" => result).increment(1);
 }

@@ -3,7 +3,8 @@
 
 use chat_proto::token_service_server::TokenService;
 use chat_proto::{
-    QuotaState, RemainingRequest, ReserveRequest, ReserveResponse, SettleRequest, SettleResponse,
+    ExtendRequest, ExtendResponse, QuotaState, RemainingRequest, ReserveRequest, ReserveResponse,
+    SettleRequest, SettleResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -32,6 +33,15 @@ impl TokenService for Quota {
     ) -> Result<Response<QuotaState>, Status> {
         Ok(Response::new(
             self.remaining_tokens(request.get_ref()).await?,
+        ))
+    }
+
+    async fn extend(
+        &self,
+        request: Request<ExtendRequest>,
+    ) -> Result<Response<ExtendResponse>, Status> {
+        Ok(Response::new(
+            self.extend_reservation(request.get_ref()).await?,
         ))
     }
 }

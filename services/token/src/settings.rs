@@ -28,6 +28,19 @@ pub struct Settings {
     pub sweep_interval_ms: u64,
     /// Per-operation Redis timeout, so an outage answers promptly.
     pub redis_timeout_ms: u64,
+    /// Directory of the settlement journal: settlements Redis cannot take are written
+    /// there durably and applied when it is back (`SETTLEMENT_JOURNAL_DIR`; empty turns
+    /// it off, and such a settlement fails for the gateway to retry).
+    pub settlement_journal_dir: String,
+    /// The ratio of the provider's prompt tokens to our estimate assumed for a model
+    /// whose usage was never reported (`PROMPT_RATIO_START`).
+    pub prompt_ratio_start: f64,
+    /// The most a model's calibrated ratio may be (`PROMPT_RATIO_MAX`).
+    pub prompt_ratio_max: f64,
+    /// Seconds a stop (SIGTERM) may take: new work is refused at once, work in flight
+    /// finishes, and what is still running near the end is wrapped up
+    /// (`SHUTDOWN_GRACE_SECS`; the orchestrator's grace must be longer).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Settings {
@@ -43,6 +56,10 @@ impl Default for Settings {
             reservation_ttl_secs: 300,
             sweep_interval_ms: 5000,
             redis_timeout_ms: 500,
+            settlement_journal_dir: String::new(),
+            prompt_ratio_start: 4.0,
+            prompt_ratio_max: 8.0,
+            shutdown_grace_secs: chat_common::shutdown::DEFAULT_GRACE_SECS,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The quota against a real Redis: arithmetic, exactly-once settlement, atomicity
-//! under concurrency, and the sweeper.
+//! under concurrency, the sweeper and what survives it (late settlements, extensions,
+//! settlements racing their reserve), calibration per model, and the settlement journal
+//! across a Redis outage.
 
 use chat_proto::token_service_server::TokenService;
-use chat_proto::{QuotaState, RemainingRequest, ReserveRequest, SettleRequest};
+use chat_proto::{ExtendRequest, QuotaState, RemainingRequest, ReserveRequest, SettleRequest};
 use chat_testing::TestRedis;
 use chat_token::{Quota, Settings};
 use tonic::Request;
@@ -36,6 +38,7 @@ async fn reserve_within(
             reservation_id: id.into(),
             tokens,
             daily_limit,
+            ..ReserveRequest::default()
         }))
         .await?
         .into_inner();
@@ -48,6 +51,7 @@ async fn settle(quota: &Quota, user: &str, id: &str, actual: i64) -> anyhow::Res
             user_id: user.into(),
             reservation_id: id.into(),
             actual_tokens: actual,
+            ..SettleRequest::default()
         }))
         .await?
         .into_inner();
@@ -138,8 +142,9 @@ async fn the_sweeper_refunds_abandoned_reservations() -> anyhow::Result<()> {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(quota.sweep().await?, 1);
     assert_eq!(remaining(&quota, "u1").await?, 950);
-    // A settlement arriving after the sweep changes nothing.
-    assert_eq!(settle(&quota, "u1", "lost", 300).await?, (false, 950));
+    // A settlement arriving after the sweep charges its usage, once.
+    assert_eq!(settle(&quota, "u1", "lost", 300).await?, (true, 650));
+    assert_eq!(settle(&quota, "u1", "lost", 300).await?, (false, 650));
     assert_eq!(quota.sweep().await?, 0);
     Ok(())
 }
@@ -190,6 +195,7 @@ async fn a_settlement_reports_against_the_limit_of_its_reservation() -> anyhow::
             user_id: "big".into(),
             reservation_id: "r1".into(),
             actual_tokens: 1200,
+            ..SettleRequest::default()
         }))
         .await?
         .into_inner();
@@ -297,5 +303,245 @@ async fn the_sweeper_forgets_users_with_nothing_pending_and_finds_new_ones() -> 
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(quota.sweep().await?, 1);
     assert_eq!(remaining(&quota, "u1").await?, 900);
+    Ok(())
+}
+
+async fn extend(quota: &Quota, user: &str, id: &str) -> anyhow::Result<bool> {
+    Ok(quota
+        .extend(Request::new(ExtendRequest {
+            user_id: user.into(),
+            reservation_id: id.into(),
+        }))
+        .await?
+        .into_inner()
+        .extended)
+}
+
+#[tokio::test]
+async fn a_settlement_after_the_sweeper_still_charges_once() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    assert_eq!(reserve(&quota, "u1", "late", 300).await?, (true, 700));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(quota.sweep().await?, 1);
+    assert_eq!(remaining(&quota, "u1").await?, 1000, "refunded");
+    // The settlement that was on its way: the usage is charged in full, once.
+    assert_eq!(settle(&quota, "u1", "late", 120).await?, (true, 880));
+    assert_eq!(settle(&quota, "u1", "late", 120).await?, (false, 880));
+    assert_eq!(
+        quota.sweep().await?,
+        0,
+        "a tombstone is never refunded twice"
+    );
+    assert_eq!(remaining(&quota, "u1").await?, 880);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reserve_landing_after_its_own_settlement_takes_nothing() -> anyhow::Result<()> {
+    // The gateway's reserve timed out, so it settled the id to 0; the reserve, slow on
+    // the way, lands afterwards.
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    assert_eq!(settle(&quota, "u1", "lost", 0).await?, (false, 1000));
+    assert_eq!(reserve(&quota, "u1", "lost", 300).await?, (true, 1000));
+    assert_eq!(remaining(&quota, "u1").await?, 1000);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(quota.sweep().await?, 0, "nothing was held");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_extended_reservation_outlives_its_lifetime() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 1000)?;
+    let (granted, _) = reserve(&quota, "u1", "long", 300).await?;
+    assert!(granted);
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(extend(&quota, "u1", "long").await?);
+        assert_eq!(quota.sweep().await?, 0, "kept alive");
+    }
+    assert_eq!(
+        remaining(&quota, "u1").await?,
+        700,
+        "still held after 1.6 s"
+    );
+    assert_eq!(settle(&quota, "u1", "long", 100).await?, (true, 900));
+    assert!(
+        !extend(&quota, "u1", "long").await?,
+        "settled: nothing to extend"
+    );
+    assert!(!extend(&quota, "u1", "unknown").await?);
+    Ok(())
+}
+
+/// A reservation of `prompt` tokens by our count and `output` of reply, for `model`;
+/// answers what was held.
+async fn reserve_prompt(
+    quota: &Quota,
+    id: &str,
+    model: &str,
+    prompt: i64,
+    output: i64,
+) -> anyhow::Result<i64> {
+    let answer = quota
+        .reserve(Request::new(ReserveRequest {
+            user_id: "cal".into(),
+            reservation_id: id.into(),
+            tokens: prompt + output,
+            model: model.into(),
+            prompt_tokens: prompt,
+            output_tokens: output,
+            ..ReserveRequest::default()
+        }))
+        .await?
+        .into_inner();
+    anyhow::ensure!(answer.granted, "refused");
+    Ok(answer.reserved_tokens)
+}
+
+async fn settle_reported(quota: &Quota, id: &str, reported_prompt: i64) -> anyhow::Result<()> {
+    quota
+        .settle(Request::new(SettleRequest {
+            user_id: "cal".into(),
+            reservation_id: id.into(),
+            actual_tokens: reported_prompt + 10,
+            reported_prompt_tokens: Some(reported_prompt),
+        }))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reservations_are_sized_by_what_the_provider_counted_for_the_model() -> anyhow::Result<()> {
+    let redis = TestRedis::new().await?;
+    let quota = quota(&redis, 100_000)?;
+    // Never reported: the prompt at PROMPT_RATIO_START (4).
+    assert_eq!(reserve_prompt(&quota, "a", "llama", 100, 50).await?, 450);
+    assert_eq!(quota.calibration("llama").await?, None);
+    // The provider counted twice ours.
+    settle_reported(&quota, "a", 200).await?;
+    assert_eq!(quota.calibration("llama").await?, Some(2.0));
+    assert_eq!(reserve_prompt(&quota, "b", "llama", 100, 50).await?, 250);
+    // A lower count pulls the ratio down slowly; a higher one lifts it at once.
+    settle_reported(&quota, "b", 150).await?;
+    assert_eq!(quota.calibration("llama").await?, Some(1.95));
+    assert_eq!(reserve_prompt(&quota, "c", "llama", 100, 50).await?, 245);
+    settle_reported(&quota, "c", 300).await?;
+    assert_eq!(reserve_prompt(&quota, "d", "llama", 100, 50).await?, 350);
+    // Never below our own count, never above PROMPT_RATIO_MAX (8).
+    settle_reported(&quota, "d", 10).await?;
+    assert!(quota.calibration("llama").await?.is_some_and(|r| r >= 1.0));
+    assert_eq!(reserve_prompt(&quota, "e", "qwen", 100, 50).await?, 450);
+    settle_reported(&quota, "e", 5000).await?;
+    assert_eq!(quota.calibration("qwen").await?, Some(8.0));
+    // Each model its own: the first is untouched by the second.
+    assert_eq!(reserve_prompt(&quota, "f", "gpt", 100, 50).await?, 450);
+    settle_reported(&quota, "f", 90).await?;
+    assert_eq!(quota.calibration("gpt").await?, Some(1.0));
+    assert_eq!(reserve_prompt(&quota, "g", "gpt", 100, 50).await?, 150);
+    // A settlement without reported usage (counted by us) teaches nothing; nor does a
+    // retry of a settled one.
+    quota
+        .settle(Request::new(SettleRequest {
+            user_id: "cal".into(),
+            reservation_id: "g".into(),
+            actual_tokens: 120,
+            reported_prompt_tokens: None,
+        }))
+        .await?;
+    settle_reported(&quota, "g", 800).await?;
+    assert_eq!(quota.calibration("gpt").await?, Some(1.0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_settlement_during_a_redis_outage_is_journalled_and_applied_once_it_is_back()
+-> anyhow::Result<()> {
+    let mut redis = chat_testing::OwnRedis::start_persistent().await?;
+    let journal = std::env::temp_dir().join(format!("token-journal-{}", uuid::Uuid::new_v4()));
+    let quota = Quota::new(&Settings {
+        redis_addr: redis.addr(),
+        daily_limit: 1000,
+        reservation_ttl_secs: 1,
+        redis_timeout_ms: 500,
+        settlement_journal_dir: journal.display().to_string(),
+        ..Settings::default()
+    })?;
+    assert_eq!(reserve(&quota, "u1", "r1", 300).await?, (true, 700));
+    assert_eq!(reserve(&quota, "u1", "r2", 200).await?, (true, 500));
+    redis.stop().await?;
+
+    // Acknowledged as queued, without a quota to tell.
+    let queued = quota
+        .settle(Request::new(SettleRequest {
+            user_id: "u1".into(),
+            reservation_id: "r1".into(),
+            actual_tokens: 120,
+            ..SettleRequest::default()
+        }))
+        .await?
+        .into_inner();
+    assert!(queued.queued && queued.quota.is_none(), "{queued:?}");
+    // Settled twice (a retry): still charged once.
+    assert!(settle(&quota, "u1", "r1", 120).await.is_ok());
+    assert!(settle(&quota, "u1", "r2", 50).await.is_ok());
+    assert!(
+        quota.replay_journal().await.is_err(),
+        "Redis is still away: nothing applied, nothing lost"
+    );
+
+    redis.resume().await?;
+    // Redis came back after the reservations' lifetime: the sweeper may get there
+    // first; the journal still charges each once.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut swept = None;
+    for _ in 0..50 {
+        match quota.sweep().await {
+            Ok(refunded) => {
+                swept = Some(refunded);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(
+        swept,
+        Some(2),
+        "both refunded before their settlements are replayed"
+    );
+    assert_eq!(quota.replay_journal().await?, 3);
+    assert_eq!(remaining(&quota, "u1").await?, 1000 - 120 - 50);
+    assert_eq!(quota.replay_journal().await?, 0, "the journal is empty");
+    assert_eq!(remaining(&quota, "u1").await?, 830);
+    std::fs::remove_dir_all(&journal)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_journal_a_settlement_during_an_outage_fails_for_the_caller_to_retry()
+-> anyhow::Result<()> {
+    let mut redis = chat_testing::OwnRedis::start().await?;
+    let quota = Quota::new(&Settings {
+        redis_addr: redis.addr(),
+        daily_limit: 1000,
+        redis_timeout_ms: 500,
+        ..Settings::default()
+    })?;
+    assert_eq!(reserve(&quota, "u1", "r1", 300).await?, (true, 700));
+    redis.stop().await?;
+    let refused = quota
+        .settle(Request::new(SettleRequest {
+            user_id: "u1".into(),
+            reservation_id: "r1".into(),
+            actual_tokens: 120,
+            ..SettleRequest::default()
+        }))
+        .await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|status| status.code()),
+        Err(tonic::Code::Unavailable)
+    );
     Ok(())
 }

@@ -72,19 +72,28 @@ pub struct Authenticator {
     /// Each credential's answer: the caller, or `None` for a refused one (so a client
     /// retrying a bad key does not reach the database each time either).
     cache: moka::sync::Cache<[u8; 32], Option<Caller>>,
+    /// The callers let in lately, kept longer: who is let in while the accounts service
+    /// cannot answer, so an outage of MySQL does not lock every user out.
+    last_known: moka::sync::Cache<[u8; 32], Caller>,
 }
 
 /// Callers remembered at most; beyond, the least recently used are dropped.
 const CACHE_CAPACITY: u64 = 100_000;
 
 impl Authenticator {
-    pub fn new(mode: AuthMode, backends: Backends, ttl: Duration) -> Self {
+    /// Trusts an answer for `ttl`, and a caller let in, while the accounts service
+    /// fails, for `stale_ttl`.
+    pub fn new(mode: AuthMode, backends: Backends, ttl: Duration, stale_ttl: Duration) -> Self {
         Self {
             mode,
             backends,
             cache: moka::sync::Cache::builder()
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_live(ttl)
+                .build(),
+            last_known: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(stale_ttl)
                 .build(),
         }
     }
@@ -106,11 +115,24 @@ impl Authenticator {
         let digest = credential.digest();
         let known = match self.cache.get(&digest) {
             Some(known) => known,
-            None => {
-                let known = self.resolve(&credential).await?;
-                self.cache.insert(digest, known.clone());
-                known
-            }
+            None => match self.resolve(&credential).await {
+                Ok(known) => {
+                    self.cache.insert(digest, known.clone());
+                    match &known {
+                        Some(caller) => self.last_known.insert(digest, caller.clone()),
+                        None => self.last_known.invalidate(&digest),
+                    }
+                    known
+                }
+                Err(error) => match self.last_known.get(&digest) {
+                    Some(caller) => {
+                        tracing::warn!(user_id = %caller.user_id, %error, "accounts unavailable; letting in a caller known before");
+                        crate::metrics::stale_authentication();
+                        Some(caller)
+                    }
+                    None => return Err(error),
+                },
+            },
         };
         known.map(Some).ok_or_else(|| {
             ApiError::Unauthorized("the credential is invalid, revoked or expired".to_owned())
@@ -150,8 +172,9 @@ impl Authenticator {
 
     /// Forgets a session on this replica at once (logout).
     pub fn forget_session(&self, session_id: &str) {
-        self.cache
-            .invalidate(&Credential::Session(session_id).digest());
+        let digest = Credential::Session(session_id).digest();
+        self.cache.invalidate(&digest);
+        self.last_known.invalidate(&digest);
     }
 }
 

@@ -30,4 +30,4 @@ pub use stream::{StreamEvent, StreamHead, chat_stream};
 pub use types::{ChatRequest, ChatResponse, Policy, UsageBody};
 pub use unary::chat;
 // The /v1 API settles its own chats with the same exactly-once reservation.
-pub(crate) use reservation::Reservation;
+pub(crate) use reservation::{Charge, Estimate, Reservation};

@@ -7,7 +7,7 @@ use tonic::Code;
 
 use super::Policy;
 use super::prompt::Prompt;
-use super::reservation::Reservation;
+use super::reservation::{Charge, Reservation};
 use super::retrieval;
 use crate::auth::Caller;
 use crate::{ApiError, Backends};
@@ -73,7 +73,7 @@ pub async fn prepare(
     let prompt = Prompt::build(policy, &earlier, &verdict.cleaned).with_retrieved(
         retrieval::context_block(&retrieved, &earlier, policy.retrieval_tokens),
     );
-    let reservation = Reservation::take(backends, &caller, prompt.reservation(policy)).await?;
+    let reservation = Reservation::take(backends, &caller, &prompt.reservation(policy)).await?;
     Ok(Turn {
         backends: backends.clone(),
         user_id,
@@ -134,9 +134,9 @@ impl Turn {
         self.reservation.refund().await;
     }
 
-    /// Charges `used` tokens and saves the user's message with `reply`, at the same
-    /// time: they do not depend on each other.
-    pub async fn close(self, used: i64, reply: &str, incomplete: bool) -> Closed {
+    /// Charges `charge` and saves the user's message with `reply`, at the same time:
+    /// they do not depend on each other.
+    pub async fn close(self, charge: Charge, reply: &str, incomplete: bool) -> Closed {
         let Self {
             backends,
             user_id,
@@ -162,37 +162,15 @@ impl Turn {
             conversation_id: conversation_id.clone(),
             ..SaveRequest::default()
         };
-        let (remaining, saved_in) = tokio::join!(reservation.settle(used), save(&backends, turn));
+        let (remaining, saved) = tokio::join!(reservation.settle(charge), backends.save_turn(turn));
         Closed {
             cleaned,
             remaining,
-            history_saved: saved_in.is_some(),
-            conversation_id: saved_in.unwrap_or(conversation_id),
+            history_saved: saved.is_some(),
+            conversation_id: saved
+                .map(|saved| saved.conversation_id)
+                .filter(|id| !id.is_empty())
+                .unwrap_or(conversation_id),
         }
     }
-}
-
-/// Saves the user's message and the reply; one retry, then a loud log. Answers the
-/// conversation they went to.
-async fn save(backends: &Backends, turn: SaveRequest) -> Option<String> {
-    for attempt in 1..=2 {
-        match backends.save_to(turn.clone()).await {
-            Ok(saved) => return Some(saved.conversation_id),
-            Err(status) => {
-                tracing::error!(
-                    attempt,
-                    user_id = %turn.user_id,
-                    conversation_id = %turn.conversation_id,
-                    code = ?status.code(),
-                    message = %status.message(),
-                    "saving the chat to history failed"
-                );
-                // Deleted mid-turn: a retry cannot bring it back.
-                if status.code() == Code::NotFound {
-                    return None;
-                }
-            }
-        }
-    }
-    None
 }

@@ -4,6 +4,7 @@ use chat_common::tokens;
 use chat_proto::{ChatMessage, Role, StoredMessage};
 
 use super::Policy;
+use super::reservation::Estimate;
 
 /// The messages sent to the model and what they cost, overhead included.
 #[derive(Debug)]
@@ -72,9 +73,15 @@ impl Prompt {
     }
 
     /// What to reserve before the call: the prompt plus the most the reply may cost,
-    /// and never less than the policy's floor.
-    pub fn reservation(&self, policy: &Policy) -> i64 {
-        (self.tokens + i64::from(policy.max_output_tokens)).max(policy.min_reservation)
+    /// and never less than the policy's floor (the token service scales the prompt's
+    /// part by the model's calibration).
+    pub fn reservation(&self, policy: &Policy) -> Estimate {
+        Estimate {
+            model: policy.model.clone(),
+            prompt_tokens: self.tokens,
+            output_tokens: i64::from(policy.max_output_tokens),
+            floor: policy.min_reservation,
+        }
     }
 }
 
@@ -121,6 +128,7 @@ mod tests {
             system_prompt: system_prompt.to_owned(),
             retrieval_tokens: 300,
             retrieval_scope: crate::RetrievalScope::User,
+            model: "gpt-test".to_owned(),
         }
     }
 
@@ -190,9 +198,16 @@ mod tests {
     #[test]
     fn the_reservation_covers_the_prompt_and_the_output_cap_above_a_floor() {
         let small = Prompt::build(&policy(0, ""), &[], "hi");
-        assert_eq!(small.reservation(&policy(0, "")), 200, "the floor");
+        let estimate = small.reservation(&policy(0, ""));
+        assert_eq!(estimate.tokens(), 200, "the floor");
+        assert_eq!(
+            (estimate.prompt_tokens, estimate.output_tokens),
+            (small.tokens, 100),
+            "the parts, for the token service to calibrate"
+        );
+        assert_eq!(estimate.model, "gpt-test");
         let long_text = "word ".repeat(400);
         let long = Prompt::build(&policy(0, ""), &[], &long_text);
-        assert_eq!(long.reservation(&policy(0, "")), long.tokens + 100);
+        assert_eq!(long.reservation(&policy(0, "")).tokens(), long.tokens + 100);
     }
 }

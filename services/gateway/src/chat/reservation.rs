@@ -2,106 +2,266 @@
 //! construction: [`Reservation::settle`] and [`Reservation::refund`] consume it, and one
 //! dropped unsettled (a bug, or a task that panicked) is caught in `Drop`: logged,
 //! counted in `gateway_reservations_dropped_total`, and refunded in the background.
+//!
+//! Nothing lost, nothing twice, whatever fails:
+//! - While it is open, a task extends it every third of its lifetime, so the token
+//!   service's sweeper never refunds a long stream's reservation under it.
+//! - A settlement the token service does not take is retried in the background, with
+//!   backoff, for [`SETTLE_RETRY_WINDOW`]; the caller is answered at once with the
+//!   quota the settlement will leave. One arriving after the sweeper refunded the
+//!   reservation still charges, once (the token service keeps a tombstone). When the
+//!   token service stays away for the whole window (or this process dies meanwhile), the
+//!   usage goes uncharged: logged, and counted in `gateway_settlements_abandoned_total`.
+//!   When only Redis is away, the token service journals the settlement itself.
+//! - A reserve whose answer was lost (an error or a timeout on the way back) may have
+//!   been granted: it is settled to 0 by its id in the background, and a reserve landing
+//!   after that settlement takes nothing.
 
 use std::time::Duration;
 
-use chat_proto::{QuotaState, ReserveRequest, SettleRequest};
+use chat_proto::{ExtendRequest, ReserveRequest, SettleRequest, Usage};
+use tokio::task::AbortHandle;
+use tonic::Code;
 
 use crate::auth::Caller;
 use crate::metrics;
 use crate::{ApiError, Backends};
 
-/// Attempts at settling before leaving the reservation to the token service's sweeper.
-const SETTLE_ATTEMPTS: u32 = 4;
-/// Pause after the first failed attempt; tripled after each.
-const FIRST_PAUSE: Duration = Duration::from_millis(50);
+/// How long a settlement the token service did not take is retried in the background.
+/// Past the reservation's lifetime it still counts: the sweeper leaves a tombstone.
+pub const SETTLE_RETRY_WINDOW: Duration = Duration::from_secs(600);
+/// Pause after the first failed attempt; doubled after each, up to [`LONGEST_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_PAUSE: Duration = Duration::from_secs(10);
+/// Extensions come at least this far apart, whatever the lifetime.
+const SHORTEST_KEEPALIVE: Duration = Duration::from_millis(100);
+
+/// What a chat reserves: our count of its prompt, and the most its reply may cost. The
+/// token service scales the prompt's part by what the provider has reported for the
+/// model, so a provider whose tokenizer counts more is covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Estimate {
+    /// The model the call goes to: the key of its calibration.
+    pub model: String,
+    /// The prompt by our tokenizer (o200k), overhead included.
+    pub prompt_tokens: i64,
+    /// The output cap sent to the provider.
+    pub output_tokens: i64,
+    /// The least to reserve, whatever the estimate (`MIN_RESERVATION`).
+    pub floor: i64,
+}
+
+impl Estimate {
+    /// The reservation before calibration: prompt and output, above the floor.
+    pub fn tokens(&self) -> i64 {
+        (self.prompt_tokens + self.output_tokens).max(self.floor)
+    }
+}
+
+/// What a finished call is charged.
+#[derive(Debug, Clone, Copy)]
+pub enum Charge {
+    /// The usage the llm service reported: charged in full, and its prompt tokens
+    /// calibrate the model's next reservations.
+    Reported(Usage),
+    /// Counted by us (no usage came: a stream that broke, a client that left).
+    Counted(i64),
+}
+
+impl Charge {
+    fn tokens(self) -> i64 {
+        match self {
+            Self::Reported(usage) => usage.total_tokens,
+            Self::Counted(tokens) => tokens,
+        }
+    }
+
+    fn reported_prompt_tokens(self) -> Option<i64> {
+        match self {
+            Self::Reported(usage) if usage.prompt_tokens > 0 => Some(usage.prompt_tokens),
+            _ => None,
+        }
+    }
+}
 
 #[must_use = "a reservation must be settled or refunded"]
 pub struct Reservation {
     backends: Backends,
     user_id: String,
     id: String,
-    /// Tokens left right after reserving: what to report when settling fails.
+    /// Tokens left right after reserving, and what was held: what the settlement will
+    /// leave is estimated from them when the token service cannot say.
     remaining_after_reserve: i64,
+    reserved: i64,
+    /// The task that extends the reservation while it is open.
+    keepalive: Option<AbortHandle>,
     /// Set once a settlement starts; `Drop` refunds a reservation without it.
     closed: bool,
 }
 
 impl Reservation {
-    /// Reserves `tokens` against the caller's daily limit; a refusal is `quota_exceeded`
-    /// with the quota.
-    pub async fn take(backends: &Backends, caller: &Caller, tokens: i64) -> Result<Self, ApiError> {
+    /// Reserves `estimate` against the caller's daily limit; a refusal is
+    /// `quota_exceeded` with the quota.
+    pub async fn take(
+        backends: &Backends,
+        caller: &Caller,
+        estimate: &Estimate,
+    ) -> Result<Self, ApiError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let user_id = &caller.user_id;
         let reserved = backends
             .reserve(ReserveRequest {
                 user_id: user_id.clone(),
                 reservation_id: id.clone(),
-                tokens,
+                tokens: estimate.tokens(),
                 daily_limit: caller.daily_limit,
+                model: estimate.model.clone(),
+                prompt_tokens: estimate.prompt_tokens,
+                output_tokens: estimate.output_tokens,
             })
-            .await
-            .map_err(|status| ApiError::dependency("token", status))?;
+            .await;
+        let reserved = match reserved {
+            Ok(reserved) => reserved,
+            Err(status) => {
+                if status.code() != Code::InvalidArgument {
+                    // It may have been granted on the way: give it back now rather than
+                    // hold it until the sweeper.
+                    settle_in_background(backends.clone(), settlement(user_id, &id, 0, None));
+                }
+                return Err(ApiError::dependency("token", status));
+            }
+        };
         let quota = reserved.quota.unwrap_or_default();
         if !reserved.granted {
             return Err(ApiError::QuotaExceeded(quota));
         }
+        let keepalive = (reserved.lifetime_ms > 0).then(|| {
+            let every =
+                (Duration::from_millis(reserved.lifetime_ms as u64) / 3).max(SHORTEST_KEEPALIVE);
+            let request = ExtendRequest {
+                user_id: user_id.clone(),
+                reservation_id: id.clone(),
+            };
+            tokio::spawn(keep_alive(backends.clone(), request, every)).abort_handle()
+        });
         Ok(Self {
             backends: backends.clone(),
             user_id: user_id.clone(),
             id,
             remaining_after_reserve: quota.remaining,
+            reserved: reserved.reserved_tokens,
+            keepalive,
             closed: false,
         })
     }
 
-    /// Charges `used` tokens instead of the reservation (0 refunds it) and answers the
-    /// tokens left, retrying a few times. If every attempt fails, the token service's
-    /// sweeper refunds the reservation when it expires; that is logged loudly, as the
-    /// real usage goes uncharged, and the tokens left after reserving are answered.
-    pub async fn settle(mut self, used: i64) -> i64 {
-        self.closed = true;
-        match self.settle_with_retries(used).await {
-            Some(quota) => quota.remaining,
-            None => self.remaining_after_reserve,
+    /// Charges `charge` instead of the reservation and answers the tokens left. When
+    /// the token service does not take it at once, it is retried in the background and
+    /// the tokens left are estimated: the quota after reserving, with the difference
+    /// between the reservation and the charge given back.
+    pub async fn settle(mut self, charge: Charge) -> i64 {
+        self.close();
+        let used = charge.tokens();
+        let request = settlement(
+            &self.user_id,
+            &self.id,
+            used,
+            charge.reported_prompt_tokens(),
+        );
+        let estimated = (self.remaining_after_reserve + self.reserved - used).max(0);
+        match self.backends.settle(request.clone()).await {
+            Ok(settled) => settled.quota.map_or(estimated, |quota| quota.remaining),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = %status.message(), reservation_id = %self.id, "settlement failed; retrying in the background");
+                settle_in_background(self.backends.clone(), request);
+                estimated
+            }
         }
     }
 
     /// Gives the whole reservation back: the model was never reached or failed.
     pub async fn refund(self) -> i64 {
-        self.settle(0).await
+        self.settle(Charge::Counted(0)).await
     }
 
-    async fn settle_with_retries(&self, used: i64) -> Option<QuotaState> {
+    fn close(&mut self) {
+        self.closed = true;
+        if let Some(keepalive) = self.keepalive.take() {
+            keepalive.abort();
+        }
+    }
+}
+
+fn settlement(
+    user_id: &str,
+    id: &str,
+    used: i64,
+    reported_prompt_tokens: Option<i64>,
+) -> SettleRequest {
+    SettleRequest {
+        user_id: user_id.to_owned(),
+        reservation_id: id.to_owned(),
+        actual_tokens: used,
+        reported_prompt_tokens,
+    }
+}
+
+/// Extends the reservation every `every` until aborted (it is closed) or the token
+/// service says it is no longer open. A failed extension is tried again next time: the
+/// lifetime leaves room for two.
+async fn keep_alive(backends: Backends, request: ExtendRequest, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match backends.extend(request.clone()).await {
+            Ok(answer) if answer.extended => {}
+            Ok(_) => return,
+            Err(status) => tracing::warn!(
+                reservation_id = %request.reservation_id,
+                code = ?status.code(),
+                message = %status.message(),
+                "extending a reservation failed; trying again"
+            ),
+        }
+    }
+}
+
+/// Retries `request` with backoff until the token service takes it, for at most
+/// [`SETTLE_RETRY_WINDOW`]; settling is idempotent by reservation id, so an attempt
+/// that did land and lost its answer is harmless to repeat.
+fn settle_in_background(backends: Backends, request: SettleRequest) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let started = tokio::time::Instant::now();
         let mut pause = FIRST_PAUSE;
-        for attempt in 1..=SETTLE_ATTEMPTS {
-            match self.backends.settle(self.settlement(used)).await {
-                Ok(settled) => return settled.quota,
-                Err(status) if attempt < SETTLE_ATTEMPTS => {
-                    tracing::warn!(attempt, code = ?status.code(), message = %status.message(), "settlement failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 3;
+        loop {
+            let outcome = backends.settle(request.clone()).await;
+            match outcome {
+                Ok(_) => return,
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    tracing::error!(code = ?status.code(), message = %status.message(), "the token service refused a settlement");
+                    return;
                 }
-                Err(status) => tracing::error!(
-                    user_id = %self.user_id,
-                    reservation_id = %self.id,
-                    used,
-                    code = ?status.code(),
-                    message = %status.message(),
-                    "settlement failed for good; the sweeper will refund the reservation and this usage goes uncharged"
-                ),
+                Err(status) if started.elapsed() + pause > SETTLE_RETRY_WINDOW => {
+                    metrics::settlement_abandoned();
+                    tracing::error!(
+                        user_id = %request.user_id,
+                        reservation_id = %request.reservation_id,
+                        used = request.actual_tokens,
+                        code = ?status.code(),
+                        message = %status.message(),
+                        "settlement failed for good; the sweeper refunds the reservation and this usage goes uncharged"
+                    );
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                }
             }
         }
-        None
-    }
-
-    fn settlement(&self, used: i64) -> SettleRequest {
-        SettleRequest {
-            user_id: self.user_id.clone(),
-            reservation_id: self.id.clone(),
-            actual_tokens: used,
-        }
-    }
+    });
 }
 
 impl Drop for Reservation {
@@ -109,21 +269,17 @@ impl Drop for Reservation {
         if self.closed {
             return;
         }
+        self.close();
         metrics::reservation_dropped();
         tracing::error!(
             user_id = %self.user_id,
             reservation_id = %self.id,
             "a reservation was dropped unsettled; refunding it"
         );
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (backends, request) = (self.backends.clone(), self.settlement(0));
-        runtime.spawn(async move {
-            if let Err(status) = backends.settle(request).await {
-                tracing::error!(code = ?status.code(), message = %status.message(), "refunding a dropped reservation failed; the sweeper will");
-            }
-        });
+        settle_in_background(
+            self.backends.clone(),
+            settlement(&self.user_id, &self.id, 0, None),
+        );
     }
 }
 
@@ -137,28 +293,69 @@ mod tests {
 
     /// A real token service on its own Redis prefix, and the gateway's clients of it.
     async fn token_service(daily_limit: i64) -> anyhow::Result<(Backends, TestRedis)> {
+        let (backends, redis, _) = token_service_with(daily_limit, |_| {}).await?;
+        Ok((backends, redis))
+    }
+
+    /// As [`token_service`], with its settings adjusted; also answers its address and
+    /// settings, to start it again there.
+    async fn token_service_with(
+        daily_limit: i64,
+        adjust: impl FnOnce(&mut chat_token::Settings),
+    ) -> anyhow::Result<(Backends, TestRedis, (String, chat_token::Settings))> {
         chat_common::telemetry::init_for_tests();
         let redis = TestRedis::new().await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let token_addr = format!("http://{}", listener.local_addr()?);
-        let token = chat_token::Settings {
+        let local = listener.local_addr()?.to_string();
+        let token_addr = format!("http://{local}");
+        let mut token = chat_token::Settings {
             redis_addr: redis.addr.clone(),
             redis_key_prefix: redis.prefix.clone(),
             token_metrics_listen: String::new(),
             daily_limit,
             ..chat_token::Settings::default()
         };
-        tokio::spawn(chat_token::run(token, listener, std::future::pending()));
+        adjust(&mut token);
+        tokio::spawn(chat_token::run(
+            token.clone(),
+            listener,
+            std::future::pending(),
+        ));
         let backends = Backends::connect(&Settings {
             token_addr,
             token_timeout_ms: 5000,
             ..Settings::default()
         })?;
-        Ok((backends, redis))
+        wait_for(&backends).await?;
+        Ok((backends, redis, (local, token)))
+    }
+
+    /// Until the token service answers.
+    async fn wait_for(backends: &Backends) -> anyhow::Result<()> {
+        for _ in 0..100 {
+            if backends.remaining("reserver", None).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the token service never answered")
     }
 
     async fn remaining(backends: &Backends) -> anyhow::Result<i64> {
         Ok(backends.remaining("reserver", None).await?.remaining)
+    }
+
+    /// Until the quota left is `expected`; answers the last seen.
+    async fn remaining_becomes(backends: &Backends, expected: i64) -> anyhow::Result<i64> {
+        let mut left = remaining(backends).await?;
+        for _ in 0..200 {
+            if left == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            left = remaining(backends).await?;
+        }
+        Ok(left)
     }
 
     fn reserver() -> Caller {
@@ -169,43 +366,101 @@ mod tests {
         }
     }
 
+    /// A flat reservation of `tokens`, no calibration involved.
+    fn flat(tokens: i64) -> Estimate {
+        Estimate {
+            model: "flat".to_owned(),
+            prompt_tokens: 0,
+            output_tokens: 0,
+            floor: tokens,
+        }
+    }
+
     #[tokio::test]
     async fn settling_charges_the_usage_once_and_a_dropped_reservation_is_refunded()
     -> anyhow::Result<()> {
         let (backends, _redis) = token_service(1000).await?;
-        // The token service may still be starting: the first reservation waits for it.
-        let mut first = None;
-        for _ in 0..100 {
-            match Reservation::take(&backends, &reserver(), 300).await {
-                Ok(reservation) => {
-                    first = Some(reservation);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        let Some(first) = first else {
-            anyhow::bail!("the token service never answered");
-        };
+        let first = Reservation::take(&backends, &reserver(), &flat(300)).await?;
         assert_eq!(remaining(&backends).await?, 700, "held while open");
-        assert_eq!(first.settle(120).await, 880, "charged the real usage");
+        assert_eq!(
+            first.settle(Charge::Counted(120)).await,
+            880,
+            "charged the real usage"
+        );
 
-        let second = Reservation::take(&backends, &reserver(), 500).await?;
+        let second = Reservation::take(&backends, &reserver(), &flat(500)).await?;
         assert_eq!(remaining(&backends).await?, 380);
         drop(second);
         // Refunded in the background, without waiting for the sweeper.
-        let mut left = 0;
-        for _ in 0..100 {
-            left = remaining(&backends).await?;
-            if left == 880 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(left, 880, "the dropped reservation was refunded");
+        assert_eq!(
+            remaining_becomes(&backends, 880).await?,
+            880,
+            "the dropped reservation was refunded"
+        );
 
-        let refused = Reservation::take(&backends, &reserver(), 5000).await;
+        let refused = Reservation::take(&backends, &reserver(), &flat(5000)).await;
         assert!(matches!(refused, Err(ApiError::QuotaExceeded(_))));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_open_reservation_is_kept_alive_past_its_lifetime() -> anyhow::Result<()> {
+        let (backends, _redis, _) = token_service_with(1000, |token| {
+            token.reservation_ttl_secs = 1;
+            token.sweep_interval_ms = 100;
+        })
+        .await?;
+        let long = Reservation::take(&backends, &reserver(), &flat(300)).await?;
+        // Three lifetimes, the sweeper looking ten times a second.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(remaining(&backends).await?, 700, "still held");
+        assert_eq!(long.settle(Charge::Counted(200)).await, 800);
+        // Closed: no longer extended, and nothing left for the sweeper to refund.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(remaining(&backends).await?, 800);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_settlement_the_token_service_missed_is_retried_until_it_takes_it()
+    -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let redis = TestRedis::new().await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let local = listener.local_addr()?;
+        let token = chat_token::Settings {
+            redis_addr: redis.addr.clone(),
+            redis_key_prefix: redis.prefix.clone(),
+            token_metrics_listen: String::new(),
+            daily_limit: 1000,
+            ..chat_token::Settings::default()
+        };
+        let first_run = tokio::spawn(chat_token::run(token.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let backends = Backends::connect(&Settings {
+            token_addr: format!("http://{local}"),
+            token_timeout_ms: 1000,
+            ..Settings::default()
+        })?;
+        wait_for(&backends).await?;
+        let reservation = Reservation::take(&backends, &reserver(), &flat(300)).await?;
+        let _ = stop.send(());
+        first_run.await??;
+        assert!(backends.remaining("reserver", None).await.is_err(), "away");
+
+        // The token service is away: answered at once, with what the settlement will
+        // leave (1000 - 120), and retried in the background.
+        assert_eq!(reservation.settle(Charge::Counted(120)).await, 880);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let listener = TcpListener::bind(local).await?;
+        tokio::spawn(chat_token::run(token, listener, std::future::pending()));
+        wait_for(&backends).await?;
+        assert_eq!(
+            remaining_becomes(&backends, 880).await?,
+            880,
+            "charged once the token service was back"
+        );
         Ok(())
     }
 }

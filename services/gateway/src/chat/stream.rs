@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
+use chat_common::shutdown::Shutdown;
 use chat_common::tokens;
 use chat_proto::{CompleteChunk, Usage};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
-use super::{Policy, Turn, UsageBody, prepare};
+use super::{Charge, Policy, Turn, UsageBody, prepare};
 use crate::auth::Caller;
 use crate::metrics::{self, StreamOutcome};
 use crate::{ApiError, Backends};
@@ -53,6 +54,7 @@ pub async fn chat_stream(
     text: String,
     conversation: Option<String>,
     mut head: oneshot::Sender<StreamHead>,
+    stopping: Shutdown,
 ) {
     let turn = match prepare(&backends, &policy, caller, text, conversation).await {
         Ok(turn) => turn,
@@ -68,7 +70,7 @@ pub async fn chat_stream(
             metrics::stream_ended(StreamOutcome::ClientGone);
             tracing::info!("client left before the first delta; call cancelled");
             let prompt_tokens = turn.prompt_tokens;
-            turn.close(prompt_tokens, "", true).await;
+            turn.close(Charge::Counted(prompt_tokens), "", true).await;
             return;
         }
         Opened::Failed(status) => {
@@ -87,7 +89,7 @@ pub async fn chat_stream(
     let ending = if head.send(Ok(receiver)).is_err() || events.send(start).await.is_err() {
         Ending::ClientGone
     } else {
-        relay(chunks, first, &events, patience, &mut reply).await
+        relay(chunks, first, &events, patience, &mut reply, &stopping).await
     };
     finish(turn, ending, &reply, &events).await;
 }
@@ -147,6 +149,7 @@ async fn relay(
     events: &mpsc::Sender<StreamEvent>,
     patience: Duration,
     reply: &mut String,
+    stopping: &Shutdown,
 ) -> Ending {
     let mut next = Some(first);
     loop {
@@ -154,6 +157,10 @@ async fn relay(
             Some(chunk) => chunk,
             None => tokio::select! {
                 () = events.closed() => return Ending::ClientGone,
+                // The gateway's grace is nearly over: end here, charged and saved.
+                () = stopping.interrupted() => return Ending::Broken(Status::unavailable(
+                    "the gateway is shutting down; the reply was cut short",
+                )),
                 chunk = next_chunk(&mut chunks, patience, Awaited::LaterChunk) => match chunk {
                     Ok(chunk) => chunk,
                     Err(status) => return Ending::Broken(status),
@@ -185,7 +192,7 @@ async fn finish(turn: Turn, ending: Ending, reply: &str, events: &mpsc::Sender<S
         Ending::ClientGone | Ending::Broken(_) => {
             // No usage came: charge what was generated, counted with our tokenizer.
             let used = turn.prompt_tokens + tokens::count(reply) as i64;
-            turn.close(used, reply, true).await;
+            turn.close(Charge::Counted(used), reply, true).await;
             if let Ending::Broken(status) = ending {
                 metrics::stream_ended(StreamOutcome::Broken);
                 tracing::warn!(code = ?status.code(), message = %status.message(), "llm stream broke; partial reply saved");
@@ -203,7 +210,7 @@ async fn finish(turn: Turn, ending: Ending, reply: &str, events: &mpsc::Sender<S
         }
     };
     metrics::stream_ended(StreamOutcome::Finished);
-    let closed = turn.close(usage.total_tokens, reply, false).await;
+    let closed = turn.close(Charge::Reported(usage), reply, false).await;
     let done = StreamEvent::Done {
         usage: usage.into(),
         remaining: closed.remaining,

@@ -62,6 +62,9 @@ pub struct Policy {
     /// Token budget of retrieved context; 0 when retrieval is off.
     pub retrieval_tokens: usize,
     pub retrieval_scope: crate::RetrievalScope,
+    /// The model the chat's calls go to (`OPENAI_MODEL`): its reservations are sized
+    /// by what the provider has reported for it.
+    pub model: String,
 }
 
 impl From<&Settings> for Policy {
@@ -77,6 +80,7 @@ impl From<&Settings> for Policy {
                 crate::Switch::Off => 0,
             },
             retrieval_scope: settings.retrieval_scope,
+            model: settings.openai_model.clone(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `POST /chat`: the whole reply at once.
 
-use super::{ChatResponse, Policy, prepare};
+use super::{Charge, ChatResponse, Policy, prepare};
 use crate::auth::Caller;
 use crate::{ApiError, Backends};
 
@@ -19,8 +19,8 @@ pub async fn chat(
             return Err(ApiError::from_llm(status));
         }
     };
-    let used = answer.usage.map_or(0, |usage| usage.total_tokens);
-    let closed = turn.close(used, &answer.reply, false).await;
+    let charge = answer.usage.map_or(Charge::Counted(0), Charge::Reported);
+    let closed = turn.close(charge, &answer.reply, false).await;
     Ok(ChatResponse {
         cleaned: closed.cleaned,
         reply: answer.reply,

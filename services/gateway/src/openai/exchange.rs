@@ -21,7 +21,7 @@ use tonic::Code;
 use super::error::V1Error;
 use super::request::Completion;
 use crate::auth::Caller;
-use crate::chat::{Policy, Reservation};
+use crate::chat::{Charge, Estimate, Policy, Reservation};
 use crate::{ApiError, Backends};
 
 /// A completion that passed the filter and holds its reservation until it is closed.
@@ -95,8 +95,13 @@ pub async fn open(
     try_join_all(verdicts).await?;
 
     let prompt_tokens = prompt_tokens(&completion.messages, &completion.tools);
-    let estimate = (prompt_tokens + i64::from(max_tokens)).max(policy.min_reservation);
-    let reservation = Reservation::take(backends, caller, estimate).await?;
+    let estimate = Estimate {
+        model: completion.model.clone(),
+        prompt_tokens,
+        output_tokens: i64::from(max_tokens),
+        floor: policy.min_reservation,
+    };
+    let reservation = Reservation::take(backends, caller, &estimate).await?;
     let said = completion
         .messages
         .last()
@@ -162,8 +167,8 @@ impl Exchange {
         self.reservation.refund().await;
     }
 
-    /// Charges `used` tokens and saves the exchange, at the same time.
-    pub async fn close(self, used: i64, written: &Written, incomplete: bool) -> Closed {
+    /// Charges `charge` and saves the exchange, at the same time.
+    pub async fn close(self, charge: Charge, written: &Written, incomplete: bool) -> Closed {
         let Self {
             backends,
             user_id,
@@ -195,29 +200,19 @@ impl Exchange {
             ..SaveRequest::default()
         };
         let (_, conversation_id) =
-            tokio::join!(reservation.settle(used), save_exchange(&backends, save));
+            tokio::join!(reservation.settle(charge), save_exchange(&backends, save));
         Closed { conversation_id }
     }
 }
 
-/// Saves the exchange; one retry, then a loud log. Nothing to save is no call.
+/// Saves the exchange (see [`Backends::save_turn`]). Nothing to save is no call.
 async fn save_exchange(backends: &Backends, save: SaveRequest) -> Option<String> {
     if save.messages.is_empty() {
         return None;
     }
-    for attempt in 1..=2 {
-        match backends.save_to(save.clone()).await {
-            Ok(saved) => return Some(saved.conversation_id),
-            Err(status) => tracing::error!(
-                attempt,
-                user_id = %save.user_id,
-                code = ?status.code(),
-                message = %status.message(),
-                "saving the /v1 exchange to history failed"
-            ),
-        }
-    }
-    None
+    // Queued while MySQL is away, a save by key does not know its conversation yet.
+    let saved = backends.save_turn(save).await?;
+    Some(saved.conversation_id).filter(|id| !id.is_empty())
 }
 
 #[cfg(test)]

@@ -215,8 +215,9 @@ async fn complete(
             head,
             completion.include_usage,
             opened,
+            state.stopping.clone(),
         );
-        tokio::spawn(task.in_current_span());
+        state.stopping.spawn(task.in_current_span());
         let events = opening.await.map_err(|_| {
             V1Error::from(ApiError::dependency(
                 "gateway",
@@ -229,7 +230,8 @@ async fn complete(
             .into_response();
         return Ok(crate::admission::holding(permit, response));
     }
-    // In a task of its own: a client that hangs up cannot cut the settlement short.
+    // In a task of its own: a client that hangs up cannot cut the settlement short, and
+    // a shutdown waits for it.
     let backends = state.backends.clone();
     let task = async move {
         let answer = match backends.complete(llm_request).await {
@@ -240,19 +242,23 @@ async fn complete(
             }
         };
         let written = written_of(&answer);
-        let used = answer.usage.map_or(0, |usage| usage.total_tokens);
-        let closed = exchange.close(used, &written, false).await;
+        let charge = answer.usage.map_or(
+            crate::chat::Charge::Counted(0),
+            crate::chat::Charge::Reported,
+        );
+        let closed = exchange.close(charge, &written, false).await;
         Ok((answer, closed.conversation_id))
     };
-    let (answer, conversation_id) =
-        tokio::spawn(task.in_current_span())
-            .await
-            .map_err(|error| {
-                V1Error::from(ApiError::dependency(
-                    "gateway",
-                    Status::internal(error.to_string()),
-                ))
-            })??;
+    let (answer, conversation_id) = state
+        .stopping
+        .spawn(task.in_current_span())
+        .await
+        .map_err(|error| {
+            V1Error::from(ApiError::dependency(
+                "gateway",
+                Status::internal(error.to_string()),
+            ))
+        })??;
     let mut response = Json(completion_json(&head, &answer)).into_response();
     if let Some(id) = conversation_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         response.headers_mut().insert("x-conversation-id", id);

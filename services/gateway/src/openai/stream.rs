@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use chat_common::shutdown::Shutdown;
 use chat_common::tokens;
 use chat_proto::{CompleteChunk, CompleteRequest};
 use serde_json::{Value, json};
@@ -20,6 +21,7 @@ use super::error::V1Error;
 use super::exchange::{Exchange, Written};
 use super::{Head, llm_error, usage_json};
 use crate::Backends;
+use crate::chat::Charge;
 use crate::metrics::{self, StreamOutcome};
 
 /// One server-sent event of the stream.
@@ -48,6 +50,7 @@ pub async fn run(
     head: Head,
     include_usage: bool,
     opened: oneshot::Sender<Opening>,
+    stopping: Shutdown,
 ) {
     let patience = backends.llm_deadline();
     let mut chunks = match backends.complete_stream(request).await {
@@ -78,7 +81,13 @@ pub async fn run(
     let ending = loop {
         let chunk = match next.take() {
             Some(chunk) => chunk,
-            None => next_chunk(&mut chunks, patience).await,
+            None => tokio::select! {
+                chunk = next_chunk(&mut chunks, patience) => chunk,
+                // The gateway's grace is nearly over: end here, charged and saved.
+                () = stopping.interrupted() => Err(Status::unavailable(
+                    "the gateway is shutting down; the reply was cut short",
+                )),
+            },
         };
         let chunk = match chunk {
             Ok(chunk) => chunk,
@@ -113,7 +122,7 @@ pub async fn run(
                 StreamOutcome::Finished
             });
             exchange
-                .close(usage.total_tokens, &written, incomplete)
+                .close(Charge::Reported(usage), &written, incomplete)
                 .await;
             if include_usage {
                 let mut last = head.with_model(&model).envelope(json!([]));
@@ -135,7 +144,7 @@ pub async fn run(
             let used = exchange.prompt_tokens + generated as i64;
             metrics::stream_ended(StreamOutcome::Broken);
             tracing::warn!(code = ?status.code(), message = %status.message(), "llm stream broke; partial reply saved");
-            exchange.close(used, &written, true).await;
+            exchange.close(Charge::Counted(used), &written, true).await;
             send(&mut client, Event::Failed(llm_error(status))).await;
         }
     }

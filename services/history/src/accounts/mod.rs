@@ -49,7 +49,8 @@ struct Inner {
 
 impl Accounts {
     /// Accounts over the history's MySQL pool (already migrated) and a Redis pool.
-    pub async fn new(settings: &Settings, mysql: mysql_async::Pool) -> anyhow::Result<Self> {
+    pub async fn new(settings: &Settings, history: &crate::History) -> anyhow::Result<Self> {
+        let mysql = history.mysql_pool();
         let timeout = Duration::from_millis(settings.store_timeout_ms);
         let redis = chat_common::redis::pool(&settings.redis_addr, 16, timeout)?;
         anyhow::ensure!(
@@ -62,7 +63,7 @@ impl Accounts {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                store: AccountStore::new(mysql, timeout),
+                store: AccountStore::new(mysql, timeout, history.shared_breaker()),
                 sessions: SessionStore::new(
                     redis,
                     settings.redis_key_prefix.clone(),

@@ -1,6 +1,7 @@
 //! The MySQL side of accounts: the `users` and `api_keys` tables of migration 0004.
 //! Every call is timed out, traced and counted like the history's own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::{FromRow, Queryable};
@@ -8,6 +9,7 @@ use mysql_async::{Conn, Params, Pool, Value};
 
 use super::error::AccountError;
 use crate::metrics;
+use crate::store::Breaker;
 
 pub const MAX_KEY_NAME_CHARS: usize = 100;
 
@@ -81,11 +83,18 @@ pub struct AccountStore {
     pool: Pool,
     /// Per-operation timeout, so a MySQL outage answers promptly.
     timeout: Duration,
+    /// The history's breaker: after a MySQL failure, calls fail at once for a second
+    /// instead of each waiting out the timeout (the gateway then uses what it knew).
+    breaker: Arc<Breaker>,
 }
 
 impl AccountStore {
-    pub fn new(pool: Pool, timeout: Duration) -> Self {
-        Self { pool, timeout }
+    pub fn new(pool: Pool, timeout: Duration, breaker: Arc<Breaker>) -> Self {
+        Self {
+            pool,
+            timeout,
+            breaker,
+        }
     }
 
     pub async fn user(&self, user_id: &str) -> Result<Option<UserRow>, AccountError> {
@@ -257,10 +266,17 @@ impl AccountStore {
     }
 
     async fn connection(&self) -> Result<Conn, AccountError> {
-        match tokio::time::timeout(self.timeout, self.pool.get_conn()).await {
+        if !self.breaker.closed() {
+            return Err(AccountError::NoConnectionInTime);
+        }
+        let connection = match tokio::time::timeout(self.timeout, self.pool.get_conn()).await {
             Ok(outcome) => outcome.map_err(AccountError::Mysql),
             Err(_) => Err(AccountError::NoConnectionInTime),
+        };
+        if connection.is_err() {
+            self.breaker.failed();
         }
+        connection
     }
 
     /// Runs one MySQL operation under the store's timeout, traced and timed.
@@ -285,7 +301,15 @@ impl AccountStore {
                 Err(_) => Err(AccountError::MysqlTimedOut),
             }
         };
-        chat_common::observe::db(metrics::MYSQL, name, timed).await
+        let outcome = chat_common::observe::db(metrics::MYSQL, name, timed).await;
+        match &outcome {
+            // The server answered, if only with a refusal: it is there.
+            Ok(_) | Err(AccountError::Mysql(mysql_async::Error::Server(_))) => {
+                self.breaker.succeeded();
+            }
+            Err(_) => self.breaker.failed(),
+        }
+        outcome
     }
 }
 

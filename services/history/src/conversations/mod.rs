@@ -67,7 +67,12 @@ impl History {
                 .await
                 .map_err(|_| HistoryError::ReadTimedOut)?
         };
-        chat_common::observe::db(metrics::MYSQL, operation, timed).await
+        let outcome = chat_common::observe::db(metrics::MYSQL, operation, timed).await;
+        match &outcome {
+            Err(error) if error.is_outage() => self.breaker().failed_with(error),
+            _ => self.breaker().succeeded(),
+        }
+        outcome
     }
 
     /// The conversation a save goes to: the one it names by id (checked when the save
@@ -159,22 +164,35 @@ impl History {
     ) -> Result<Conversation, HistoryError> {
         validate_user_id(&request.user_id)?;
         let user_id = request.user_id.as_str();
-        self.with_mysql("select", 1, async |connection| {
-            let latest: Option<ConversationRow> = connection
-                .exec_first(
-                    format!(
-                        "SELECT {COLUMNS} FROM conversations WHERE user_id = ?
+        let latest = self
+            .with_mysql("select", 1, async |connection| {
+                let latest: Option<ConversationRow> = connection
+                    .exec_first(
+                        format!(
+                            "SELECT {COLUMNS} FROM conversations WHERE user_id = ?
                          ORDER BY updated_at DESC, id DESC LIMIT 1"
-                    ),
-                    (user_id,),
-                )
-                .await?;
-            match latest {
-                Some(row) => Ok(conversation(row)),
-                None => insert(connection, user_id, "", None).await,
-            }
-        })
-        .await
+                        ),
+                        (user_id,),
+                    )
+                    .await?;
+                match latest {
+                    Some(row) => Ok(conversation(row)),
+                    None => insert(connection, user_id, "", None).await,
+                }
+            })
+            .await;
+        match latest {
+            // MySQL is away: the one the user last saved to, as the cache knows it, so
+            // chats through an outage stay in their conversation.
+            Err(error) if error.is_outage() => match self.cache().latest(user_id).await {
+                Ok(Some(id)) => Ok(Conversation {
+                    id,
+                    ..Conversation::default()
+                }),
+                _ => Err(error),
+            },
+            latest => latest,
+        }
     }
 
     pub(crate) async fn conversations_page(
@@ -315,7 +333,7 @@ impl History {
             cursor => parse_message_cursor(cursor)?,
         };
         let user_id = request.user_id.as_str();
-        let rows: Vec<(i64, String, String, i64, bool)> = self
+        let read: Result<Vec<crate::store::MessageRow>, HistoryError> = self
             .with_mysql("select", 1, async |connection| {
                 find(connection, user_id, conversation_id).await?;
                 Ok(connection
@@ -328,7 +346,18 @@ impl History {
                     )
                     .await?)
             })
-            .await?;
+            .await;
+        let rows = match read {
+            // MySQL is away: the first page is the newest messages the cache and the
+            // outbox hold, in one page, rather than nothing.
+            Err(error) if error.is_outage() && after == 0 => {
+                return self
+                    .recent_while_away(user_id, conversation_id, limit)
+                    .await
+                    .map_err(|_| error);
+            }
+            read => read?,
+        };
         let more = rows.len() > limit as usize;
         let messages: Vec<StoredMessage> = rows
             .into_iter()
@@ -350,6 +379,34 @@ impl History {
         Ok(ListConversationMessagesResponse {
             messages,
             next_cursor,
+        })
+    }
+
+    async fn recent_while_away(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        limit: u32,
+    ) -> Result<ListConversationMessagesResponse, HistoryError> {
+        let scope = crate::cache::Scope::Conversation {
+            user_id,
+            conversation_id,
+        };
+        let (newest, _) = self.newest(scope, limit.min(self.cache().size())).await?;
+        let messages = newest
+            .into_iter()
+            .rev()
+            .map(|message| StoredMessage {
+                id: message.id,
+                role: role_from_name(&message.role).into(),
+                text: message.text,
+                created_at_unix_ms: message.created_at_unix_ms,
+                incomplete: message.incomplete,
+            })
+            .collect();
+        Ok(ListConversationMessagesResponse {
+            messages,
+            next_cursor: String::new(),
         })
     }
 

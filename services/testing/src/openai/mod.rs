@@ -84,6 +84,12 @@ impl FakeOpenAi {
         *lock(&self.script.fallback) = Some(behaviour);
     }
 
+    /// Reports `factor` × our count of each prompt as its `prompt_tokens` (and in the
+    /// total), as a provider whose tokenizer counts differently (Llama, Qwen) does.
+    pub fn count_prompts_times(&self, factor: f64) {
+        *lock(&self.script.prompt_factor) = Some(factor);
+    }
+
     /// The JSON bodies received so far.
     pub fn requests(&self) -> Vec<Value> {
         lock(&self.script.requests).clone()

@@ -44,6 +44,10 @@ pub enum Upstream {
     Streamed { text: String, chunk_delay: Duration },
     /// Streams this reply but cuts the connection after `after_chunks` content chunks.
     BrokenStream { text: String, after_chunks: usize },
+    /// As [`Upstream::Echo`], streamed with this pause before every chunk after the role
+    /// chunk; a whole answer waits as long as its stream would. Keeps chats in flight
+    /// for the fault suite, each reply telling which request it answers.
+    PacedEcho(Duration),
 }
 
 #[derive(Default)]
@@ -55,6 +59,9 @@ pub(super) struct Script {
     pub(super) requests: Mutex<Vec<Value>>,
     /// Streams whose client went away before the end.
     pub(super) cancelled_streams: AtomicUsize,
+    /// Reported prompt tokens per token of ours, as a provider whose tokenizer counts
+    /// more (or fewer); unset: our count.
+    pub(super) prompt_factor: Mutex<Option<f64>>,
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,6 +76,8 @@ struct Answer {
     /// A tool call (name, arguments) instead of text.
     tool_call: Option<(String, String)>,
     pace: Duration,
+    /// A whole (not streamed) answer waits as long as its paced stream would.
+    whole_waits: bool,
     break_after: Option<usize>,
 }
 
@@ -95,7 +104,7 @@ pub(super) async fn chat_completions(
         .or_else(|| lock(&script.fallback).clone())
         .unwrap_or(Upstream::Echo);
     match play(behaviour).await {
-        Ok(answer) => respond(script, &body, answer),
+        Ok(answer) => respond(script, &body, answer).await,
         Err(refusal) => refusal,
     }
 }
@@ -125,6 +134,11 @@ async fn play(behaviour: Upstream) -> Result<Answer, Response> {
         Upstream::Streamed { text, chunk_delay } => Ok(Answer {
             reply: Some(text),
             pace: chunk_delay,
+            ..Answer::default()
+        }),
+        Upstream::PacedEcho(pace) => Ok(Answer {
+            pace,
+            whole_waits: true,
             ..Answer::default()
         }),
         Upstream::BrokenStream { text, after_chunks } => Ok(Answer {
@@ -157,7 +171,7 @@ fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response 
 
 /// The answer as JSON or as a stream, as the request asked, with the usage counted
 /// by the real tokenizer.
-fn respond(script: Arc<Script>, body: &Value, mut answer: Answer) -> Response {
+async fn respond(script: Arc<Script>, body: &Value, mut answer: Answer) -> Response {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let content = |message: &Value| message["content"].as_str().unwrap_or_default().to_owned();
     let last_user = messages
@@ -180,7 +194,11 @@ fn respond(script: Arc<Script>, body: &Value, mut answer: Answer) -> Response {
     }
     let reply = answer.reply.unwrap_or_else(|| format!("echo: {last_user}"));
     let contents: Vec<String> = messages.iter().map(content).collect();
-    let prompt_tokens = tokens::count_prompt(contents.iter().map(String::as_str));
+    let counted = tokens::count_prompt(contents.iter().map(String::as_str));
+    let prompt_tokens = match *lock(&script.prompt_factor) {
+        Some(factor) => (counted as f64 * factor).ceil() as usize,
+        None => counted,
+    };
     let written = match &answer.tool_call {
         Some((name, arguments)) => tokens::count(name) + tokens::count(arguments),
         None => tokens::count(&reply),
@@ -213,6 +231,11 @@ fn respond(script: Arc<Script>, body: &Value, mut answer: Answer) -> Response {
             .into_response();
     }
     if !streamed {
+        if answer.whole_waits {
+            let chunks = wire::stream_events(ID, model, &reply, None).len();
+            let chunks = u32::try_from(chunks.saturating_sub(1)).unwrap_or(u32::MAX);
+            tokio::time::sleep(answer.pace.saturating_mul(chunks)).await;
+        }
         return Json(wire::completion(ID, model, &reply, &usage)).into_response();
     }
     let plan = StreamPlan {

@@ -14,6 +14,7 @@
 //! authentication turns it on (`settings.gateway.auth_mode`, or per gateway in
 //! processes mode, as the benchmark does with a key per simulated user).
 
+mod control;
 #[cfg(feature = "in-process")]
 mod in_process;
 mod processes;
@@ -76,7 +77,7 @@ enum Running {
     #[cfg_attr(not(feature = "in-process"), allow(dead_code))]
     Tasks(Vec<(&'static str, tokio::task::JoinHandle<()>)>),
     /// By name (`filter`, ..., `gateway-1`); killed when dropped (`kill_on_drop`).
-    Processes(Vec<(String, tokio::process::Child)>),
+    Processes(Vec<processes::Process>),
 }
 
 impl Stack {
@@ -123,8 +124,9 @@ impl Stack {
                 }
             }
             Running::Processes(children) => {
-                for (name, child) in children {
-                    if let Some(status) = child.try_wait()? {
+                for process in children {
+                    if let Some(status) = process.child.try_wait()? {
+                        let name = &process.name;
                         anyhow::bail!("{name} exited ({status}) before the stack was ready");
                     }
                 }

@@ -117,6 +117,16 @@ impl Stack {
         })
     }
 
+    /// Resident memory of each process now (`VmRSS`), in KiB: the soak samples it to
+    /// see whether memory keeps growing under load.
+    pub fn rss_kib(&self) -> BTreeMap<String, f64> {
+        self.each_process(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+    }
+
     /// `read` of every process by name; nothing for an in-process stack.
     fn each_process(&self, read: impl Fn(u32) -> Option<f64>) -> BTreeMap<String, f64> {
         let Running::Processes(children) = &self.running else {
@@ -124,8 +134,53 @@ impl Stack {
         };
         children
             .iter()
-            .filter_map(|(name, child)| Some((name.clone(), read(child.id()?)?)))
+            .filter_map(|process| Some((process.name.clone(), read(process.child.id()?)?)))
             .collect()
+    }
+}
+
+/// One service process of the stack, and how to start it again.
+pub(super) struct Process {
+    /// `filter`, ..., `gateway-1`.
+    pub(super) name: String,
+    pub(super) child: Child,
+    /// The binary, its whole environment and where it answers health checks, for
+    /// [`Stack::restart`].
+    pub(super) recipe: Recipe,
+}
+
+/// Everything needed to start one process again as it was first started.
+#[derive(Debug, Clone)]
+pub(super) struct Recipe {
+    program: PathBuf,
+    env: Vec<(String, String)>,
+    /// `http://127.0.0.1:PORT`: gRPC health for a backend, `GET /health` for a gateway.
+    pub(super) addr: String,
+    pub(super) http: bool,
+}
+
+impl Recipe {
+    /// Starts the process. Its stdout (the JSON log) is appended to
+    /// `$CHAT_STACK_LOG_DIR/<name>.log` when that is set, else dropped.
+    pub(super) fn start(&self, name: &str) -> anyhow::Result<Child> {
+        let stdout = match std::env::var_os("CHAT_STACK_LOG_DIR") {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(Path::new(&dir).join(format!("{name}.log")))?;
+                Stdio::from(log)
+            }
+            None => Stdio::null(),
+        };
+        Ok(Command::new(&self.program)
+            .env_remove("CHAT_CONFIG")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(self.env.iter().cloned())
+            .stdout(stdout)
+            .kill_on_drop(true)
+            .spawn()?)
     }
 }
 
@@ -135,7 +190,7 @@ struct Launch<'a> {
     options: &'a Processes,
     /// `FILTER_ADDR`, ...: where each service listens.
     wiring: Vec<(String, String)>,
-    children: Vec<(String, Child)>,
+    children: Vec<Process>,
     metrics: Vec<(String, String)>,
 }
 
@@ -150,28 +205,35 @@ impl Launch<'_> {
         let upper = service.to_uppercase();
         let metrics_port = free_port()?;
         let backing = self.backing;
-        let child = Command::new(binary(&self.options.bin_dir, service)?)
-            .env_remove("CHAT_CONFIG")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env(format!("{upper}_LISTEN"), format!("127.0.0.1:{port}"))
-            .env(
+        let mut env = vec![
+            (format!("{upper}_LISTEN"), format!("127.0.0.1:{port}")),
+            (
                 format!("{upper}_METRICS_LISTEN"),
                 format!("127.0.0.1:{metrics_port}"),
-            )
-            .env("REDIS_ADDR", &backing.redis_addr)
-            .env("REDIS_KEY_PREFIX", &backing.redis_prefix)
-            .env("MYSQL_DSN", &backing.mysql_dsn)
-            .env("OPENAI_API_KEY", API_KEY)
-            .env("OPENAI_BASE_URL", &backing.provider_url)
-            .env("OPENAI_MODEL", &backing.model)
-            .env("AUTH_MODE", "none")
-            .envs(self.wiring.iter().cloned())
-            .envs(self.options.env.iter().cloned())
-            .envs(own_env.iter().cloned())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        self.children.push((name.clone(), child));
+            ),
+            ("REDIS_ADDR".to_owned(), backing.redis_addr.clone()),
+            ("REDIS_KEY_PREFIX".to_owned(), backing.redis_prefix.clone()),
+            ("MYSQL_DSN".to_owned(), backing.mysql_dsn.clone()),
+            ("OPENAI_API_KEY".to_owned(), API_KEY.to_owned()),
+            ("OPENAI_BASE_URL".to_owned(), backing.provider_url.clone()),
+            ("OPENAI_MODEL".to_owned(), backing.model.clone()),
+            ("AUTH_MODE".to_owned(), "none".to_owned()),
+        ];
+        env.extend(self.wiring.iter().cloned());
+        env.extend(self.options.env.iter().cloned());
+        env.extend(own_env.iter().cloned());
+        let recipe = Recipe {
+            program: binary(&self.options.bin_dir, service)?,
+            env,
+            addr: format!("http://127.0.0.1:{port}"),
+            http: service == "gateway",
+        };
+        let child = recipe.start(&name)?;
+        self.children.push(Process {
+            name: name.clone(),
+            child,
+            recipe,
+        });
         self.metrics
             .push((name, format!("http://127.0.0.1:{metrics_port}/metrics")));
         Ok(())
