@@ -17,12 +17,15 @@
 //! ```
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::metrics::{self, Shed};
 use crate::{ApiError, Settings};
@@ -102,6 +105,20 @@ impl Drop for StreamPermit {
             }
         }
     }
+}
+
+/// The events of `events` as server-sent events (each made by `to_sse`, with
+/// keep-alives), `permit` held until the stream ends or the client goes away.
+pub fn sse_holding<E: Send + 'static>(
+    permit: StreamPermit,
+    events: mpsc::Receiver<E>,
+    to_sse: fn(E) -> SseEvent,
+) -> Response {
+    let events = ReceiverStream::new(events).map(move |event| Ok::<_, Infallible>(to_sse(event)));
+    let response = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    holding(permit, response)
 }
 
 /// `response` with `permit` held until its body ends or the client goes away.

@@ -1,7 +1,6 @@
 //! The chat API of the original's clients and the UI: `/chat`, `/chat/stream`,
 //! `/history`, `/quota`. Each request is authenticated, then limited, then read.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
@@ -10,14 +9,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use chat_proto::Role;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
 use crate::ApiError;
@@ -37,15 +33,23 @@ pub(crate) async fn admit(
     acting_user(caller, claimed)
 }
 
+/// A body within the size limit (`MAX_BODY_BYTES`): past it 413, else unreadable is 400.
+pub(crate) fn body_within_limit(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.max_body_bytes),
+        _ => ApiError::BadJson(rejection.body_text()),
+    })
+}
+
 /// The body of a chat: JSON within the size limit.
 fn chat_body(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<ChatRequest, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.max_body_bytes),
-        _ => ApiError::BadJson(rejection.body_text()),
-    })?;
+    let body = body_within_limit(state, body)?;
     serde_json::from_slice(&body).map_err(|error| ApiError::BadJson(error.to_string()))
 }
 
@@ -105,11 +109,7 @@ pub async fn chat_stream(
     let events = answer.await.map_err(|_| {
         ApiError::dependency("gateway", tonic::Status::internal("chat task ended"))
     })??;
-    let events = ReceiverStream::new(events).map(|event| Ok::<_, Infallible>(sse_event(event)));
-    let response = Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    Ok(crate::admission::holding(permit, response))
+    Ok(crate::admission::sse_holding(permit, events, sse_event))
 }
 
 fn sse_event(event: StreamEvent) -> Event {
@@ -195,10 +195,7 @@ pub async fn history(
     let items: Vec<HistoryItem> = messages
         .into_iter()
         .map(|message| HistoryItem {
-            role: match message.role() {
-                Role::Assistant => "assistant",
-                _ => "user",
-            },
+            role: crate::conversations::role_name(message.role()),
             text: message.text,
             created_at_ms: message.created_at_unix_ms,
             incomplete: message.incomplete,

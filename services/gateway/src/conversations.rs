@@ -66,14 +66,19 @@ impl From<StoredMessage> for MessageBody {
     fn from(message: StoredMessage) -> Self {
         Self {
             id: message.id,
-            role: match message.role() {
-                Role::Assistant => "assistant",
-                _ => "user",
-            },
+            role: role_name(message.role()),
             text: message.text,
             created_at_ms: message.created_at_unix_ms,
             incomplete: message.incomplete,
         }
+    }
+}
+
+/// A stored message's speaker as the UI names it: the assistant, or the user.
+pub(crate) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Assistant => "assistant",
+        _ => "user",
     }
 }
 
@@ -89,10 +94,7 @@ fn title_body(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<TitleBody, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.max_body_bytes),
-        _ => ApiError::BadJson(rejection.body_text()),
-    })?;
+    let body = crate::api::body_within_limit(state, body)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(TitleBody::default());
     }

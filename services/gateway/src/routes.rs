@@ -68,10 +68,38 @@ impl AppState {
 
 pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
     let origins = Arc::new(Origins::from_setting(&settings.allowed_origins));
+    let routes = Router::new()
+        .merge(chat_routes())
+        .merge(conversation_routes())
+        .merge(account_routes())
+        .merge(crate::openai::routes(settings))
+        .route("/", get(index))
+        .route_layer(axum::middleware::from_fn_with_state(
+            origins,
+            crate::guard::refuse_cross_site,
+        ))
+        .fallback(fallback);
+    with_layers(routes, settings, &state)
+        // The probes, after every layer: never limited, shed, traced or counted, so a
+        // gateway under load is not thought dead.
+        .route("/health", get(health))
+        .route("/ready", get(crate::ready::ready))
+        .with_state(state)
+}
+
+/// Chatting and what a user reads about it: the replies, history, quota and search.
+fn chat_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/chat", post(api::chat))
         .route("/chat/stream", post(api::chat_stream))
         .route("/history", get(api::history).delete(conversations::erase))
+        .route("/quota", get(api::quota))
+        .route("/search", get(crate::search::search))
+}
+
+/// A user's conversations and their messages.
+fn conversation_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route(
             "/conversations",
             post(conversations::create).get(conversations::list),
@@ -86,8 +114,11 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
             "/conversations/{conversation_id}/messages",
             get(conversations::messages),
         )
-        .route("/quota", get(api::quota))
-        .route("/search", get(crate::search::search))
+}
+
+/// Accounts: the browser's session, and the users and keys the admin manages.
+fn account_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/auth/login", post(login::login))
         .route("/auth/logout", post(login::logout))
         .route("/auth/me", get(login::me))
@@ -101,17 +132,20 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
             post(admin::post_key).get(admin::get_keys),
         )
         .route("/admin/keys/{key_id}", delete(admin::delete_key))
-        .merge(crate::openai::routes(settings))
-        .route("/", get(index))
-        .route_layer(axum::middleware::from_fn_with_state(
-            origins,
-            crate::guard::refuse_cross_site,
-        ))
-        .fallback(fallback)
+}
+
+/// The layers around every route so far, innermost first: the rate limit, the body
+/// limit, load shedding, then OpenAI's error shape, security headers and observation.
+fn with_layers(
+    routes: Router<Arc<AppState>>,
+    settings: &Settings,
+    state: &Arc<AppState>,
+) -> Router<Arc<AppState>> {
+    routes
         // Every route above, and any merged or nested in before this line, is rate limited
         // by its matched path (see `rate_limit::class_of`); unmatched paths are the UI.
         .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
+            Arc::clone(state),
             crate::rate_limit::enforce,
         ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
@@ -131,11 +165,6 @@ pub fn router(settings: &Settings, state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(crate::openai::openai_errors))
         .layer(axum::middleware::from_fn(crate::guard::security_headers))
         .layer(axum::middleware::from_fn(crate::observe::observe))
-        // The probes, after every layer: never limited, shed, traced or counted, so a
-        // gateway under load is not thought dead.
-        .route("/health", get(health))
-        .route("/ready", get(crate::ready::ready))
-        .with_state(state)
 }
 
 /// Liveness: the process answers, whatever its dependencies do.

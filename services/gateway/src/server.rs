@@ -36,6 +36,24 @@ pub async fn serve(
     stopping: Shutdown,
 ) {
     let (stop, stopped) = watch::channel(false);
+    accept_until(&listener, &app, signal, &stopped).await;
+    drop(stopped);
+    let local = listener
+        .local_addr()
+        .map(|address| address.to_string())
+        .unwrap_or_default();
+    drop(listener);
+    drain(stop, &stopping, &local).await;
+}
+
+/// Accepts connections, each served in a task holding a receiver of `stopped`, until
+/// `signal` resolves.
+async fn accept_until(
+    listener: &TcpListener,
+    app: &Router,
+    signal: impl Future<Output = ()>,
+    stopped: &watch::Receiver<bool>,
+) {
     let mut signal = pin!(signal);
     loop {
         let (stream, peer) = tokio::select! {
@@ -54,12 +72,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(stream, peer, app.clone(), stopped.clone()));
     }
-    drop(stopped);
-    let local = listener
-        .local_addr()
-        .map(|address| address.to_string())
-        .unwrap_or_default();
-    drop(listener);
+}
+
+/// With the listener closed: tells every connection to finish, then waits for them
+/// and the chats in flight within the grace, and logs how that went.
+async fn drain(stop: watch::Sender<bool>, stopping: &Shutdown, local: &str) {
     stopping.begin();
     // Each connection holds a receiver until it is done.
     let connections = stop.receiver_count();

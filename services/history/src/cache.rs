@@ -63,22 +63,50 @@ pub enum CacheError {
     Json(serde_json::Error),
 }
 
-pub struct Cache {
+/// The Redis pool of the cache and the outbox: every call on it is timed out, traced
+/// and counted alike.
+pub struct Redis {
     pool: Pool,
+    timeout: Duration,
+}
+
+impl Redis {
+    pub fn new(pool: Pool, timeout: Duration) -> Self {
+        Self { pool, timeout }
+    }
+
+    pub async fn run<T>(
+        &self,
+        name: &'static str,
+        operation: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, CacheError> {
+        let work = async {
+            let mut connection = self.pool.get().await.map_err(CacheError::Unavailable)?;
+            operation(&mut connection).await.map_err(CacheError::Failed)
+        };
+        let timed = async {
+            tokio::time::timeout(self.timeout, work)
+                .await
+                .map_err(|_| CacheError::TimedOut)?
+        };
+        chat_common::observe::db(metrics::REDIS, name, timed).await
+    }
+}
+
+pub struct Cache {
+    redis: Redis,
     prefix: String,
     size: u32,
     ttl_secs: u64,
-    timeout: Duration,
 }
 
 impl Cache {
     pub fn new(pool: Pool, prefix: String, size: u32, ttl_secs: u64, timeout: Duration) -> Self {
         Self {
-            pool,
+            redis: Redis::new(pool, timeout),
             prefix,
             size,
             ttl_secs,
-            timeout,
         }
     }
 
@@ -98,23 +126,6 @@ impl Cache {
         (list, version)
     }
 
-    async fn run<T>(
-        &self,
-        name: &'static str,
-        operation: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, CacheError> {
-        let work = async {
-            let mut connection = self.pool.get().await.map_err(CacheError::Unavailable)?;
-            operation(&mut connection).await.map_err(CacheError::Failed)
-        };
-        let timed = async {
-            tokio::time::timeout(self.timeout, work)
-                .await
-                .map_err(|_| CacheError::TimedOut)?
-        };
-        chat_common::observe::db(metrics::REDIS, name, timed).await
-    }
-
     /// The newest `limit` messages, newest first, or `None` on a miss.
     pub async fn recent(
         &self,
@@ -123,6 +134,7 @@ impl Cache {
     ) -> Result<Option<Vec<CachedMessage>>, CacheError> {
         let (list, _) = self.keys(scope);
         let raw: Vec<String> = self
+            .redis
             .run("lrange", async |connection| {
                 redis::cmd("LRANGE")
                     .arg(&list)
@@ -151,10 +163,11 @@ impl Cache {
         let fresh = (uuid::Uuid::new_v4().as_u64_pair().0 >> 12) | (1 << 32);
         let mut invocation = VERSION.key(version);
         invocation.arg(fresh).arg(self.ttl_secs);
-        self.run("version", async |connection| {
-            invocation.invoke_async(connection).await
-        })
-        .await
+        self.redis
+            .run("version", async |connection| {
+                invocation.invoke_async(connection).await
+            })
+            .await
     }
 
     /// Caches `newest_first` unless a save happened since `version` was read.
@@ -177,6 +190,7 @@ impl Cache {
             .arg(self.ttl_secs)
             .arg(items);
         let stored: i64 = self
+            .redis
             .run("refill", async |connection| {
                 invocation.invoke_async(connection).await
             })
@@ -247,6 +261,7 @@ impl Cache {
             .arg(conversation_id)
             .arg(items);
         let _: i64 = self
+            .redis
             .run("append", async |connection| {
                 invocation.invoke_async(connection).await
             })
@@ -263,10 +278,11 @@ impl Cache {
     /// naming none goes to while MySQL cannot say.
     pub async fn latest(&self, user_id: &str) -> Result<Option<String>, CacheError> {
         let key = self.latest_key(user_id);
-        self.run("get", async |connection| {
-            redis::cmd("GET").arg(&key).query_async(connection).await
-        })
-        .await
+        self.redis
+            .run("get", async |connection| {
+                redis::cmd("GET").arg(&key).query_async(connection).await
+            })
+            .await
     }
 
     /// Drops the cached lists of these conversations, and the user's list (it holds
@@ -287,14 +303,7 @@ impl Cache {
             });
             keys.extend([list, version]);
         }
-        for chunk in keys.chunks(512) {
-            let _: i64 = self
-                .run("del", async |connection| {
-                    redis::cmd("DEL").arg(chunk).query_async(connection).await
-                })
-                .await?;
-        }
-        Ok(())
+        self.delete(&keys).await
     }
 
     /// Drops every cached list of the user, whether MySQL still knows its conversation
@@ -306,6 +315,7 @@ impl Cache {
         let mut found = Vec::new();
         loop {
             let (next, keys): (u64, Vec<String>) = self
+                .redis
                 .run("scan", async |connection| {
                     redis::cmd("SCAN")
                         .arg(cursor)
@@ -332,8 +342,14 @@ impl Cache {
             version,
             self.latest_key(user_id),
         ]);
-        for chunk in found.chunks(512) {
+        self.delete(&found).await
+    }
+
+    /// Deletes `keys`, a bounded number per command.
+    async fn delete(&self, keys: &[String]) -> Result<(), CacheError> {
+        for chunk in keys.chunks(512) {
             let _: i64 = self
+                .redis
                 .run("del", async |connection| {
                     redis::cmd("DEL").arg(chunk).query_async(connection).await
                 })

@@ -29,7 +29,7 @@ pub enum HistoryError {
     BadCursor,
     #[error("a request id is 1 to 64 characters of letters, digits and . _ : -")]
     BadRequestId,
-    /// MySQL failed moments ago; it is left alone for a second (see `store::Breaker`).
+    /// MySQL failed moments ago; it is left alone for a second (see `breaker::Breaker`).
     #[error("history store: MySQL is unavailable")]
     MysqlAway,
     /// MySQL could not take a save, and neither could the outbox in Redis.

@@ -13,13 +13,14 @@
 //! answered `pending`; reads show it meanwhile, and the drainer writes it, in order and
 //! once, when MySQL is back (`outbox.rs`, `drain.rs`).
 //!
-//! The request path is `store.rs`, conversations are `conversations.rs`; `service.rs`
-//! is the gRPC edge over them.
+//! The request path is `store/` (saves in `store/save.rs`, reads in `store/read.rs`),
+//! conversations are `conversations/`; `service.rs` is the gRPC edge over them.
 //!
 //! The same server answers the `AccountService` (users, API keys, logins, sessions),
 //! since this service already owns MySQL and Redis: see `accounts/`.
 
 mod accounts;
+mod breaker;
 mod cache;
 mod conversations;
 mod drain;

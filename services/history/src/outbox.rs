@@ -19,8 +19,7 @@ use deadpool_redis::Pool;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheError, CachedMessage, Scope};
-use crate::metrics;
+use crate::cache::{CacheError, CachedMessage, Redis, Scope};
 use crate::writer::{Row, Save, role_name};
 
 /// Lets go of the lock, if this process holds it.
@@ -153,17 +152,15 @@ impl Entry {
 pub type Pending = Vec<(String, Entry)>;
 
 pub struct Outbox {
-    pool: Pool,
+    redis: Redis,
     prefix: String,
-    timeout: Duration,
 }
 
 impl Outbox {
     pub fn new(pool: Pool, prefix: String, timeout: Duration) -> Self {
         Self {
-            pool,
+            redis: Redis::new(pool, timeout),
             prefix,
-            timeout,
         }
     }
 
@@ -185,31 +182,15 @@ impl Outbox {
         format!("{}history:outbox:lock", self.prefix)
     }
 
-    async fn run<T>(
-        &self,
-        name: &'static str,
-        operation: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, CacheError> {
-        let work = async {
-            let mut connection = self.pool.get().await.map_err(CacheError::Unavailable)?;
-            operation(&mut connection).await.map_err(CacheError::Failed)
-        };
-        let timed = async {
-            tokio::time::timeout(self.timeout, work)
-                .await
-                .map_err(|_| CacheError::TimedOut)?
-        };
-        chat_common::observe::db(metrics::REDIS, name, timed).await
-    }
-
     /// Whether the user has saves waiting: a new save then queues behind them, so the
     /// user's messages reach MySQL in the order they were made.
     pub async fn has_pending(&self, user_id: &str) -> Result<bool, CacheError> {
         let key = self.stream_key(user_id);
-        self.run("exists", async |connection| {
-            redis::cmd("EXISTS").arg(&key).query_async(connection).await
-        })
-        .await
+        self.redis
+            .run("exists", async |connection| {
+                redis::cmd("EXISTS").arg(&key).query_async(connection).await
+            })
+            .await
     }
 
     /// Lists the user for the drainer. Called after the entry is in the stream: the
@@ -217,6 +198,7 @@ impl Outbox {
     pub async fn list_user(&self, user_id: &str) -> Result<(), CacheError> {
         let key = self.users_key();
         let _: i64 = self
+            .redis
             .run("sadd", async |connection| {
                 redis::cmd("SADD")
                     .arg(&key)
@@ -231,23 +213,25 @@ impl Outbox {
     /// Up to `count` users with entries, in no order.
     pub async fn users(&self, count: usize) -> Result<Vec<String>, CacheError> {
         let key = self.users_key();
-        self.run("srandmember", async |connection| {
-            redis::cmd("SRANDMEMBER")
-                .arg(&key)
-                .arg(count)
-                .query_async(connection)
-                .await
-        })
-        .await
+        self.redis
+            .run("srandmember", async |connection| {
+                redis::cmd("SRANDMEMBER")
+                    .arg(&key)
+                    .arg(count)
+                    .query_async(connection)
+                    .await
+            })
+            .await
     }
 
     /// How many users have entries: the backlog gauge.
     pub async fn user_count(&self) -> Result<u64, CacheError> {
         let key = self.users_key();
-        self.run("scard", async |connection| {
-            redis::cmd("SCARD").arg(&key).query_async(connection).await
-        })
-        .await
+        self.redis
+            .run("scard", async |connection| {
+                redis::cmd("SCARD").arg(&key).query_async(connection).await
+            })
+            .await
     }
 
     /// The user's oldest `count` entries, oldest first. An entry that is not ours (not
@@ -255,6 +239,7 @@ impl Outbox {
     pub async fn oldest(&self, user_id: &str, count: usize) -> Result<Pending, CacheError> {
         let key = self.stream_key(user_id);
         let raw: Vec<(String, Vec<(String, String)>)> = self
+            .redis
             .run("xrange", async |connection| {
                 redis::cmd("XRANGE")
                     .arg(&key)
@@ -295,6 +280,7 @@ impl Outbox {
             .filter(|id| !id.is_empty())
             .collect();
         let _: () = self
+            .redis
             .run("xdel", async |connection| {
                 let mut pipe = redis::pipe();
                 pipe.atomic().cmd("XDEL").arg(&stream).arg(&ids).ignore();
@@ -313,6 +299,7 @@ impl Outbox {
     pub async fn unlist_if_empty(&self, user_id: &str) -> Result<(), CacheError> {
         let (stream, users) = (self.stream_key(user_id), self.users_key());
         let left: u64 = self
+            .redis
             .run("xlen", async |connection| {
                 redis::cmd("XLEN")
                     .arg(&stream)
@@ -325,6 +312,7 @@ impl Outbox {
         }
         let ids = self.ids_key(user_id);
         let _: i64 = self
+            .redis
             .run("del", async |connection| {
                 // Only if still empty: an entry added since keeps the stream.
                 DELETE_EMPTY
@@ -335,6 +323,7 @@ impl Outbox {
             })
             .await?;
         let _: i64 = self
+            .redis
             .run("srem", async |connection| {
                 redis::cmd("SREM")
                     .arg(&users)
@@ -354,6 +343,7 @@ impl Outbox {
     pub async fn lock(&self, token: &str) -> Result<bool, CacheError> {
         let key = self.lock_key();
         let taken: Option<String> = self
+            .redis
             .run("lock", async |connection| {
                 TAKE.key(&key)
                     .arg(token)
@@ -368,6 +358,7 @@ impl Outbox {
     pub async fn unlock(&self, token: &str) -> Result<(), CacheError> {
         let key = self.lock_key();
         let _: i64 = self
+            .redis
             .run("unlock", async |connection| {
                 RELEASE.key(&key).arg(token).invoke_async(connection).await
             })

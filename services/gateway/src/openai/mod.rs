@@ -21,36 +21,33 @@
 //! WebUI's `X-OpenWebUI-Chat-Id`, else a new conversation per request; the unary answer
 //! names it in `x-conversation-id`.
 
+mod answer;
 mod error;
 mod exchange;
 mod models;
 mod request;
 mod stream;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post};
 use axum::{Extension, Json, Router};
 use chat_common::user::validate_user_id;
-use chat_proto::{CompleteResponse, Usage};
-use futures::StreamExt;
-use serde_json::{Value, json};
+use chat_proto::{CompleteRequest, CompleteResponse};
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use answer::{Head, completion_json};
 use error::V1Error;
 pub use error::openai_errors;
-use exchange::Written;
+use exchange::{Exchange, Written};
 use models::{Catalog, get_model, list_models};
 
 use crate::auth::Caller;
@@ -75,66 +72,6 @@ pub fn routes(settings: &Settings) -> Router<Arc<AppState>> {
 /// The caller: a key or a session; in `AUTH_MODE=none`, `None`.
 async fn credentialed(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, V1Error> {
     Ok(state.auth.caller(headers).await?)
-}
-
-/// Ids and times of one answer, shared by its chunks.
-#[derive(Debug, Clone)]
-pub struct Head {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Head {
-    fn new(model: &str) -> Self {
-        Self {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_secs()),
-            model: model.to_owned(),
-        }
-    }
-
-    fn with_model(&self, model: &str) -> Self {
-        Self {
-            model: if model.is_empty() {
-                self.model.clone()
-            } else {
-                model.to_owned()
-            },
-            ..self.clone()
-        }
-    }
-
-    fn envelope(&self, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": choices,
-        })
-    }
-
-    /// A chunk of the one choice.
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
-        self.envelope(json!([{
-            "index": 0,
-            "delta": delta,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }]))
-    }
-}
-
-fn usage_json(usage: &Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    })
 }
 
 /// A failed call to the llm service: a request the provider cannot take is the
@@ -168,13 +105,7 @@ async fn complete(
     // Authenticated before the body is read, as /chat: an anonymous caller learns
     // nothing from how their body is judged.
     let credentialed = credentialed(&state, headers).await?;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            V1Error::from(ApiError::PayloadTooLarge(state.max_body_bytes))
-        }
-        _ => V1Error::invalid(None, rejection.body_text()),
-    })?;
-    let completion = request::parse(&body)?;
+    let completion = request::parse(&read_body(&state, body)?)?;
     let caller = match credentialed {
         Some(caller) => caller,
         None => acting_user(completion.user.as_deref())?,
@@ -200,36 +131,63 @@ async fn complete(
     let llm_request = exchange::llm_request(&caller, &completion, &completion.model, max_tokens);
     let head = Head::new(&completion.model);
     if completion.stream {
-        let permit = match state.admission.open_stream(&caller.user_id) {
-            Ok(permit) => permit,
-            Err(refused) => {
-                exchange.abandon().await;
-                return Err(refused.into());
-            }
-        };
-        let (opened, opening) = oneshot::channel();
-        let task = stream::run(
-            state.backends.clone(),
-            exchange,
-            llm_request,
-            head,
-            completion.include_usage,
-            opened,
-            state.stopping.clone(),
-        );
-        state.stopping.spawn(task.in_current_span());
-        let events = opening.await.map_err(|_| {
-            V1Error::from(ApiError::dependency(
-                "gateway",
-                Status::internal("the completion task ended"),
-            ))
-        })??;
-        let events = ReceiverStream::new(events).map(|event| Ok::<_, Infallible>(sse_event(event)));
-        let response = Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response();
-        return Ok(crate::admission::holding(permit, response));
+        let include_usage = completion.include_usage;
+        return streamed(&state, &caller, exchange, llm_request, head, include_usage).await;
     }
+    unary(&state, exchange, llm_request, &head).await
+}
+
+/// The body, within `MAX_BODY_BYTES`.
+fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, V1Error> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            V1Error::from(ApiError::PayloadTooLarge(state.max_body_bytes))
+        }
+        _ => V1Error::invalid(None, rejection.body_text()),
+    })
+}
+
+/// `stream: true`: a place among the streams, then the chunks as server-sent events,
+/// relayed from a task of the shutdown that runs the completion to its end.
+async fn streamed(
+    state: &AppState,
+    caller: &Caller,
+    exchange: Exchange,
+    llm_request: CompleteRequest,
+    head: Head,
+    include_usage: bool,
+) -> Result<Response, V1Error> {
+    let permit = match state.admission.open_stream(&caller.user_id) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            exchange.abandon().await;
+            return Err(refused.into());
+        }
+    };
+    let (opened, opening) = oneshot::channel();
+    let task = stream::run(
+        state.backends.clone(),
+        exchange,
+        llm_request,
+        head,
+        include_usage,
+        opened,
+        state.stopping.clone(),
+    );
+    state.stopping.spawn(task.in_current_span());
+    let events = opening
+        .await
+        .map_err(|_| task_failed("the completion task ended".to_owned()))??;
+    Ok(crate::admission::sse_holding(permit, events, sse_event))
+}
+
+/// The whole answer at once, named by its conversation in `x-conversation-id`.
+async fn unary(
+    state: &AppState,
+    exchange: Exchange,
+    llm_request: CompleteRequest,
+    head: &Head,
+) -> Result<Response, V1Error> {
     // In a task of its own: a client that hangs up cannot cut the settlement short, and
     // a shutdown waits for it.
     let backends = state.backends.clone();
@@ -253,17 +211,17 @@ async fn complete(
         .stopping
         .spawn(task.in_current_span())
         .await
-        .map_err(|error| {
-            V1Error::from(ApiError::dependency(
-                "gateway",
-                Status::internal(error.to_string()),
-            ))
-        })??;
-    let mut response = Json(completion_json(&head, &answer)).into_response();
+        .map_err(|error| task_failed(error.to_string()))??;
+    let mut response = Json(completion_json(head, &answer)).into_response();
     if let Some(id) = conversation_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         response.headers_mut().insert("x-conversation-id", id);
     }
     Ok(response)
+}
+
+/// The task running a completion ended without its answer.
+fn task_failed(message: String) -> V1Error {
+    V1Error::from(ApiError::dependency("gateway", Status::internal(message)))
 }
 
 /// In `AUTH_MODE=none`: the request's `user`, else [`ANONYMOUS`].
@@ -306,48 +264,6 @@ fn written_of(answer: &CompleteResponse) -> Written {
             .map(|call| (call.name.clone(), call.arguments.clone()))
             .collect(),
     }
-}
-
-/// The response object of a non-streamed completion.
-fn completion_json(head: &Head, answer: &CompleteResponse) -> Value {
-    let head = head.with_model(&answer.model);
-    let mut message = json!({
-        "role": "assistant",
-        "content": answer.reply,
-        "refusal": null,
-    });
-    if !answer.tool_calls.is_empty() {
-        if answer.reply.is_empty() {
-            message["content"] = Value::Null;
-        }
-        let calls = answer.tool_calls.iter().map(|call| {
-            json!({
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            })
-        });
-        message["tool_calls"] = Value::Array(calls.collect());
-    }
-    let finish_reason = match answer.finish_reason.as_str() {
-        "" if answer.tool_calls.is_empty() => "stop",
-        "" => "tool_calls",
-        reason => reason,
-    };
-    json!({
-        "id": head.id,
-        "object": "chat.completion",
-        "created": head.created,
-        "model": head.model,
-        "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-        "usage": usage_json(&answer.usage.unwrap_or_default()),
-    })
 }
 
 fn sse_event(event: stream::Event) -> SseEvent {
@@ -403,43 +319,6 @@ async fn elsewhere(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_completion_answer_has_openai_fields() {
-        let answer = CompleteResponse {
-            reply: String::new(),
-            usage: Some(Usage {
-                prompt_tokens: 5,
-                completion_tokens: 7,
-                total_tokens: 12,
-            }),
-            model: "gpt-a-2024".into(),
-            tool_calls: vec![chat_proto::ToolCall {
-                id: "call_1".into(),
-                name: "f".into(),
-                arguments: "{}".into(),
-            }],
-            finish_reason: "tool_calls".into(),
-        };
-        let body = completion_json(&Head::new("gpt-a"), &answer);
-        assert!(
-            body["id"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("chatcmpl-"))
-        );
-        assert_eq!(body["object"], "chat.completion");
-        assert!(
-            body["created"]
-                .as_u64()
-                .is_some_and(|created| created > 1_700_000_000)
-        );
-        assert_eq!(body["model"], "gpt-a-2024", "the model that answered");
-        let choice = &body["choices"][0];
-        assert_eq!(choice["finish_reason"], "tool_calls");
-        assert_eq!(choice["message"]["content"], Value::Null);
-        assert_eq!(choice["message"]["tool_calls"][0]["function"]["name"], "f");
-        assert_eq!(body["usage"]["total_tokens"], 12);
-    }
 
     #[test]
     fn the_conversation_key_is_ours_then_open_webuis() {

@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use chat_common::shutdown::Shutdown;
 use chat_common::tokens;
-use chat_proto::{CompleteChunk, CompleteRequest};
+use chat_proto::{CompleteChunk, CompleteRequest, Usage};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
+use super::answer::{Head, usage_json};
 use super::error::V1Error;
 use super::exchange::{Exchange, Written};
-use super::{Head, llm_error, usage_json};
+use super::llm_error;
 use crate::Backends;
 use crate::chat::Charge;
 use crate::metrics::{self, StreamOutcome};
@@ -53,17 +54,9 @@ pub async fn run(
     stopping: Shutdown,
 ) {
     let patience = backends.llm_deadline();
-    let mut chunks = match backends.complete_stream(request).await {
-        Ok(chunks) => chunks,
-        Err(status) => {
-            exchange.abandon().await;
-            let _ = opened.send(Err(llm_error(status)));
-            return;
-        }
-    };
     // The first chunk decides the status: an error before it is an ordinary error.
-    let first = match next_chunk(&mut chunks, patience).await {
-        Ok(first) => first,
+    let (mut chunks, first) = match begin(&backends, request, patience).await {
+        Ok(begun) => begun,
         Err(status) => {
             exchange.abandon().await;
             let _ = opened.send(Err(llm_error(status)));
@@ -71,82 +64,124 @@ pub async fn run(
         }
     };
     let (events, receiver) = mpsc::channel(EVENT_BUFFER);
-    let mut client = opened.send(Ok(receiver)).is_ok().then_some(events);
-    let role = head.chunk(json!({"role": "assistant", "content": ""}), None);
-    send(&mut client, Event::Chunk(role)).await;
+    let mut relay = Relay {
+        client: opened.send(Ok(receiver)).is_ok().then_some(events),
+        head,
+        written: Written::default(),
+        finished: false,
+    };
+    let role = relay
+        .head
+        .chunk(json!({"role": "assistant", "content": ""}), None);
+    send(&mut relay.client, Event::Chunk(role)).await;
+    match relay
+        .until_usage(first, &mut chunks, patience, &stopping)
+        .await
+    {
+        Ok((usage, model)) => relay.finish(exchange, usage, &model, include_usage).await,
+        Err(status) => relay.broken(exchange, status).await,
+    }
+}
 
-    let mut written = Written::default();
-    let mut finished = false;
-    let mut next = Some(Ok(first));
-    let ending = loop {
-        let chunk = match next.take() {
-            Some(chunk) => chunk,
-            None => tokio::select! {
-                chunk = next_chunk(&mut chunks, patience) => chunk,
+/// Opens the llm stream and reads its first chunk.
+async fn begin(
+    backends: &Backends,
+    request: CompleteRequest,
+    patience: Duration,
+) -> Result<(Streaming<CompleteChunk>, CompleteChunk), Status> {
+    let mut chunks = backends.complete_stream(request).await?;
+    let first = next_chunk(&mut chunks, patience).await?;
+    Ok((chunks, first))
+}
+
+/// One stream under way: where its events go and what was written so far.
+struct Relay {
+    /// The client's events; `None` once it has gone.
+    client: Option<mpsc::Sender<Event>>,
+    head: Head,
+    /// The reply so far, to save and, without usage, to count.
+    written: Written,
+    /// Whether the provider said why it stopped (a `finish_reason` was relayed).
+    finished: bool,
+}
+
+impl Relay {
+    /// Relays chunks, `first` first, until the one that carries the usage (the
+    /// stream's end) or an error.
+    async fn until_usage(
+        &mut self,
+        first: CompleteChunk,
+        chunks: &mut Streaming<CompleteChunk>,
+        patience: Duration,
+        stopping: &Shutdown,
+    ) -> Result<(Usage, String), Status> {
+        let mut chunk = first;
+        loop {
+            for event in events_of(&self.head, &chunk, &mut self.written, &mut self.finished) {
+                send(&mut self.client, Event::Chunk(event)).await;
+            }
+            if let Some(usage) = chunk.usage {
+                return Ok((usage, chunk.model));
+            }
+            chunk = tokio::select! {
+                chunk = next_chunk(chunks, patience) => chunk,
                 // The gateway's grace is nearly over: end here, charged and saved.
                 () = stopping.interrupted() => Err(Status::unavailable(
                     "the gateway is shutting down; the reply was cut short",
                 )),
-            },
-        };
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(status) => break Err(status),
-        };
-        for event in events_of(&head, &chunk, &mut written, &mut finished) {
-            send(&mut client, Event::Chunk(event)).await;
+            }?;
         }
-        if let Some(usage) = chunk.usage {
-            break Ok((usage, chunk.model));
-        }
-    };
-    let incomplete = client.is_none();
-    match ending {
-        Ok((usage, model)) => {
-            if !finished {
-                // A provider that never said why it stopped.
-                let reason = if written.tool_calls.is_empty() {
-                    "stop"
-                } else {
-                    "tool_calls"
-                };
-                send(
-                    &mut client,
-                    Event::Chunk(head.chunk(json!({}), Some(reason))),
-                )
-                .await;
-            }
-            metrics::stream_ended(if incomplete {
-                StreamOutcome::ClientGone
+    }
+
+    /// The stream ended with its usage: charged what the provider reports, then the
+    /// last chunks and `[DONE]`.
+    async fn finish(mut self, exchange: Exchange, usage: Usage, model: &str, include_usage: bool) {
+        let incomplete = self.client.is_none();
+        if !self.finished {
+            // A provider that never said why it stopped.
+            let reason = if self.written.tool_calls.is_empty() {
+                "stop"
             } else {
-                StreamOutcome::Finished
-            });
-            exchange
-                .close(Charge::Reported(usage), &written, incomplete)
-                .await;
-            if include_usage {
-                let mut last = head.with_model(&model).envelope(json!([]));
-                last["usage"] = usage_json(&usage);
-                send(&mut client, Event::Chunk(last)).await;
-            }
-            send(&mut client, Event::Done).await;
+                "tool_calls"
+            };
+            let last = self.head.chunk(json!({}), Some(reason));
+            send(&mut self.client, Event::Chunk(last)).await;
         }
-        Err(status) => {
-            // No usage came: charge what was generated, counted with our tokenizer.
-            let arguments = written
-                .tool_calls
-                .iter()
-                .map(|(_, arguments)| arguments.as_str());
-            let generated: usize = std::iter::once(written.text.as_str())
-                .chain(arguments)
-                .map(tokens::count)
-                .sum();
-            let used = exchange.prompt_tokens + generated as i64;
-            metrics::stream_ended(StreamOutcome::Broken);
-            tracing::warn!(code = ?status.code(), message = %status.message(), "llm stream broke; partial reply saved");
-            exchange.close(Charge::Counted(used), &written, true).await;
-            send(&mut client, Event::Failed(llm_error(status))).await;
+        metrics::stream_ended(if incomplete {
+            StreamOutcome::ClientGone
+        } else {
+            StreamOutcome::Finished
+        });
+        exchange
+            .close(Charge::Reported(usage), &self.written, incomplete)
+            .await;
+        if include_usage {
+            let mut last = self.head.with_model(model).envelope(json!([]));
+            last["usage"] = usage_json(&usage);
+            send(&mut self.client, Event::Chunk(last)).await;
         }
+        send(&mut self.client, Event::Done).await;
+    }
+
+    /// The stream broke after it began: no usage came, so what was generated is
+    /// charged, counted with our tokenizer, and the client gets the error.
+    async fn broken(mut self, exchange: Exchange, status: Status) {
+        let arguments = self
+            .written
+            .tool_calls
+            .iter()
+            .map(|(_, arguments)| arguments.as_str());
+        let generated: usize = std::iter::once(self.written.text.as_str())
+            .chain(arguments)
+            .map(tokens::count)
+            .sum();
+        let used = exchange.prompt_tokens + generated as i64;
+        metrics::stream_ended(StreamOutcome::Broken);
+        tracing::warn!(code = ?status.code(), message = %status.message(), "llm stream broke; partial reply saved");
+        exchange
+            .close(Charge::Counted(used), &self.written, true)
+            .await;
+        send(&mut self.client, Event::Failed(llm_error(status))).await;
     }
 }
 

@@ -8,8 +8,8 @@ use mysql_async::prelude::{FromRow, Queryable};
 use mysql_async::{Conn, Params, Pool, Value};
 
 use super::error::AccountError;
+use crate::breaker::Breaker;
 use crate::metrics;
-use crate::store::Breaker;
 
 pub const MAX_KEY_NAME_CHARS: usize = 100;
 
