@@ -5,19 +5,20 @@
 //! its connection). It reads the messages saved since the newest indexed one, less a
 //! look-back of [`LOOKBACK_IDS`] ids for saves that committed out of id order, skips those
 //! already indexed, and writes each message's row, postings and the user's totals in one
-//! transaction. A message is only ever indexed after it was saved, and at most once: the
+//! transaction (the `write` module). A message is only ever indexed after it was saved, and at most once: the
 //! message row is `INSERT IGNORE`d first and the postings follow only when it went in.
 //!
 //! Deleted messages (a conversation deleted, the history erased) are never returned: a
 //! search joins `chat_history`. The same replica sweeps their rows out in the background,
 //! a range of ids at a time.
 
-use std::collections::HashMap;
+mod write;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Params, Pool, TxOpts, Value};
+use mysql_async::{Conn, Pool, TxOpts};
 
 use crate::error::KeywordError;
 use crate::metrics;
@@ -26,10 +27,6 @@ use crate::terms::Analyzer;
 /// How far below the newest indexed id the indexer looks again for messages whose save
 /// committed after a later one's.
 const LOOKBACK_IDS: i64 = 1000;
-/// Characters of a message analysed: enough for every term that matters.
-const MAX_ANALYSED_CHARS: usize = 20_000;
-/// Postings in one INSERT.
-const POSTINGS_PER_INSERT: usize = 500;
 /// Ids examined per sweep step.
 const SWEEP_SPAN: i64 = 5000;
 /// The indexer lock's name, before the MD5 of the database's.
@@ -101,80 +98,6 @@ impl Index {
         self.write(saved).await
     }
 
-    /// Writes the index rows of `saved` in one transaction; returns how many were new.
-    async fn write(&self, saved: Vec<Saved>) -> Result<usize, KeywordError> {
-        if saved.is_empty() {
-            return Ok(0);
-        }
-        // Analysis is CPU work: off the async threads.
-        let analyzer = self.analyzer.clone();
-        let analysed = tokio::task::spawn_blocking(move || {
-            saved
-                .into_iter()
-                .map(|message| {
-                    let text: String = message.text.chars().take(MAX_ANALYSED_CHARS).collect();
-                    let counts = analyzer.term_counts(&text);
-                    (message, counts)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|error| KeywordError::Analysis(error.to_string()))?;
-        let indexed = self
-            .with_conn("insert", async |conn| {
-                let mut tx = conn.start_transaction(TxOpts::default()).await?;
-                let mut indexed = 0;
-                let mut totals: HashMap<&str, (i64, i64)> = HashMap::new();
-                let mut postings: Vec<Value> = Vec::new();
-                for (message, counts) in &analysed {
-                    let length: i64 = counts.values().map(|count| i64::from(*count)).sum();
-                    tx.exec_drop(
-                        "INSERT IGNORE INTO keyword_docs (message_id, user_id, terms) VALUES (?, ?, ?)",
-                        (message.id, &message.user_id, length),
-                    )
-                    .await?;
-                    if tx.affected_rows() == 0 {
-                        continue;
-                    }
-                    indexed += 1;
-                    let total = totals.entry(message.user_id.as_str()).or_default();
-                    total.0 += 1;
-                    total.1 += length;
-                    for (term, count) in counts {
-                        postings.extend([
-                            message.user_id.as_str().into(),
-                            term.as_str().into(),
-                            message.id.into(),
-                            (*count).into(),
-                        ]);
-                    }
-                }
-                for chunk in postings.chunks(POSTINGS_PER_INSERT * 4) {
-                    let rows = vec!["(?, ?, ?, ?)"; chunk.len() / 4].join(", ");
-                    tx.exec_drop(
-                        format!(
-                            "INSERT IGNORE INTO keyword_postings (user_id, term, message_id, tf) VALUES {rows}"
-                        ),
-                        Params::Positional(chunk.to_vec()),
-                    )
-                    .await?;
-                }
-                for (user_id, (docs, terms)) in totals {
-                    tx.exec_drop(
-                        "INSERT INTO keyword_users (user_id, docs, total_terms) VALUES (?, ?, ?) \
-                         ON DUPLICATE KEY UPDATE docs = docs + ?, total_terms = total_terms + ?",
-                        (user_id, docs, terms, docs, terms),
-                    )
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(indexed)
-            })
-            .await?;
-        metrics::indexed(indexed);
-        Ok(indexed)
-    }
-
     /// Removes the index rows of messages that are no longer in the history, among the ids
     /// after `from` (a span of [`SWEEP_SPAN`]); returns where to go on from and how many
     /// messages were swept.
@@ -229,10 +152,30 @@ impl Index {
     /// Drops the index of one user (or everyone's) and builds it again from the history;
     /// returns how many messages it indexed.
     pub async fn reindex(&self, user_id: Option<&str>) -> Result<i64, KeywordError> {
-        let owned = user_id.map(str::to_owned);
+        self.drop_index(user_id).await?;
+        let mut after = 0_i64;
+        let mut total = 0_i64;
+        loop {
+            let saved = self.saved_after(user_id, after).await?;
+            let Some(last) = saved.last() else {
+                break;
+            };
+            after = last.id;
+            total += self.write(saved).await? as i64;
+        }
+        tracing::info!(
+            user_id = user_id.unwrap_or("*"),
+            messages = total,
+            "reindexed"
+        );
+        Ok(total)
+    }
+
+    /// Deletes the index rows of one user (or everyone's), totals included.
+    async fn drop_index(&self, user_id: Option<&str>) -> Result<(), KeywordError> {
         self.with_conn("delete", async |conn| {
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            match &owned {
+            match user_id {
                 Some(user) => {
                     for table in ["keyword_postings", "keyword_docs", "keyword_users"] {
                         tx.exec_drop(format!("DELETE FROM {table} WHERE user_id = ?"), (user,))
@@ -247,48 +190,40 @@ impl Index {
             }
             tx.commit().await
         })
-        .await?;
-        let mut after = 0_i64;
-        let mut total = 0_i64;
-        loop {
-            let (batch, owned) = (self.batch, owned.clone());
-            let saved = self
-                .with_conn("select", async |conn| {
-                    let map = |(id, user_id, text)| Saved { id, user_id, text };
-                    match owned {
-                        Some(user) => {
-                            conn.exec_map(
-                                "SELECT id, user_id, text FROM chat_history \
-                                 WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
-                                (user, after, batch),
-                                map,
-                            )
-                            .await
-                        }
-                        None => {
-                            conn.exec_map(
-                                "SELECT id, user_id, text FROM chat_history \
-                                 WHERE id > ? ORDER BY id LIMIT ?",
-                                (after, batch),
-                                map,
-                            )
-                            .await
-                        }
-                    }
-                })
-                .await?;
-            let Some(last) = saved.last() else {
-                break;
-            };
-            after = last.id;
-            total += self.write(saved).await? as i64;
-        }
-        tracing::info!(
-            user_id = user_id.unwrap_or("*"),
-            messages = total,
-            "reindexed"
-        );
-        Ok(total)
+        .await
+    }
+
+    /// The next batch of one user's (or everyone's) saved messages after id `after`.
+    async fn saved_after(
+        &self,
+        user_id: Option<&str>,
+        after: i64,
+    ) -> Result<Vec<Saved>, KeywordError> {
+        let batch = self.batch;
+        self.with_conn("select", async |conn| {
+            let map = |(id, user_id, text)| Saved { id, user_id, text };
+            match user_id {
+                Some(user) => {
+                    conn.exec_map(
+                        "SELECT id, user_id, text FROM chat_history \
+                         WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?",
+                        (user, after, batch),
+                        map,
+                    )
+                    .await
+                }
+                None => {
+                    conn.exec_map(
+                        "SELECT id, user_id, text FROM chat_history \
+                         WHERE id > ? ORDER BY id LIMIT ?",
+                        (after, batch),
+                        map,
+                    )
+                    .await
+                }
+            }
+        })
+        .await
     }
 
     /// The indexer: while this replica holds the lock, indexes new messages every

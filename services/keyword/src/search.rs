@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use chat_common::user::validate_user_id;
 use chat_proto::{Role, SearchHit, SearchRequest, TextRange};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Params, Value};
+use mysql_async::{Conn, Params, Value};
 
 use crate::error::KeywordError;
 use crate::index::Index;
@@ -54,8 +54,44 @@ pub fn rank(
     ranked
 }
 
+/// A message read back from `chat_history`, with the score that found it.
+struct Found {
+    id: i64,
+    conversation_id: String,
+    role: String,
+    text: String,
+    created_at_unix_ms: i64,
+    score: f64,
+}
+
 impl Index {
     pub async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>, KeywordError> {
+        let (terms, limit) = self.checked_query(request)?;
+        let user_id = request.user_id.as_str();
+        let exclude: HashSet<i64> = request.exclude_ids.iter().copied().collect();
+        let rows = self
+            .with_conn("select", async |conn| {
+                find(conn, user_id, &terms, &exclude, limit).await
+            })
+            .await?;
+        let conversation = &request.conversation_id;
+        let mut hits: Vec<SearchHit> = rows
+            .into_iter()
+            .filter(|row| conversation.is_empty() || row.conversation_id == *conversation)
+            .map(|row| hit_of(row, &terms))
+            .collect();
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(b.message_id.cmp(&a.message_id))
+        });
+        hits.truncate(limit);
+        metrics::search_hits(hits.len());
+        Ok(hits)
+    }
+
+    /// The request's query terms and the number of hits to answer, or why there are none.
+    fn checked_query(&self, request: &SearchRequest) -> Result<(Vec<String>, usize), KeywordError> {
         validate_user_id(&request.user_id)?;
         if request.query.chars().count() > MAX_QUERY_CHARS {
             return Err(KeywordError::TooLong(MAX_QUERY_CHARS));
@@ -68,104 +104,114 @@ impl Index {
             0 => DEFAULT_LIMIT,
             limit => limit.min(MAX_LIMIT),
         } as usize;
-        let user_id = request.user_id.clone();
-        let exclude: HashSet<i64> = request.exclude_ids.iter().copied().collect();
-        let conversation = request.conversation_id.clone();
-        let query_terms = terms.clone();
-        let rows = self
-            .with_conn("select", async |conn| {
-                let totals: Option<(i64, i64)> = conn
-                    .exec_first(
-                        "SELECT docs, total_terms FROM keyword_users WHERE user_id = ?",
-                        (&user_id,),
-                    )
-                    .await?;
-                let Some((documents, total_terms)) = totals else {
-                    return Ok(Vec::new());
-                };
-                // Each term's newest postings, one backward index range each: a term
-                // in more messages than that counts as in that many (it tells little
-                // apart anyway), and a rare one, the kind that finds a fact, is exact.
-                let per_term = format!(
-                    "(SELECT term, message_id, tf FROM keyword_postings \
-                     WHERE user_id = ? AND term = ? ORDER BY message_id DESC LIMIT {POSTINGS_PER_TERM})"
-                );
-                let union = vec![per_term.as_str(); query_terms.len()].join(" UNION ALL ");
-                let mut params: Vec<Value> = Vec::new();
-                for term in &query_terms {
-                    params.extend([Value::from(user_id.as_str()), Value::from(term.as_str())]);
-                }
-                let postings: Vec<(String, i64, i64, i64)> = conn
-                    .exec(
-                        format!(
-                            "SELECT c.term, c.message_id, c.tf, d.terms FROM ({union}) AS c \
-                             JOIN keyword_docs d ON d.message_id = c.message_id"
-                        ),
-                        Params::Positional(params),
-                    )
-                    .await?;
-                let ranked: Vec<(i64, f64)> = rank(documents, total_terms, &postings)
-                    .into_iter()
-                    .filter(|(id, _)| !exclude.contains(id))
-                    .take(limit * 2)
-                    .collect();
-                if ranked.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let scores: HashMap<i64, f64> = ranked.iter().copied().collect();
-                let marks = vec!["?"; ranked.len()].join(", ");
-                let mut params: Vec<Value> = vec![user_id.as_str().into()];
-                params.extend(ranked.iter().map(|(id, _)| Value::from(*id)));
-                let mut found: Vec<(i64, String, String, String, i64, f64)> = conn
-                    .exec_map(
-                        format!(
-                            "SELECT id, conversation_id, CAST(role AS CHAR), text, \
-                             CAST(UNIX_TIMESTAMP(created_at) * 1000 AS SIGNED) \
-                             FROM chat_history WHERE user_id = ? AND id IN ({marks})"
-                        ),
-                        Params::Positional(params),
-                        |(id, conversation_id, role, text, created)| {
-                            (id, conversation_id, role, text, created, 0.0)
-                        },
-                    )
-                    .await?;
-                for row in &mut found {
-                    row.5 = scores.get(&row.0).copied().unwrap_or_default();
-                }
-                Ok(found)
-            })
-            .await?;
-        let mut hits: Vec<SearchHit> = rows
+        Ok((terms, limit))
+    }
+}
+
+/// The best `limit * 2` of the user's messages for `terms`, but those in `exclude`,
+/// read back with their scores.
+async fn find(
+    conn: &mut Conn,
+    user_id: &str,
+    terms: &[String],
+    exclude: &HashSet<i64>,
+    limit: usize,
+) -> Result<Vec<Found>, mysql_async::Error> {
+    let totals: Option<(i64, i64)> = conn
+        .exec_first(
+            "SELECT docs, total_terms FROM keyword_users WHERE user_id = ?",
+            (user_id,),
+        )
+        .await?;
+    let Some((documents, total_terms)) = totals else {
+        return Ok(Vec::new());
+    };
+    let postings = read_postings(conn, user_id, terms).await?;
+    let ranked: Vec<(i64, f64)> = rank(documents, total_terms, &postings)
+        .into_iter()
+        .filter(|(id, _)| !exclude.contains(id))
+        .take(limit * 2)
+        .collect();
+    if ranked.is_empty() {
+        return Ok(Vec::new());
+    }
+    read_messages(conn, user_id, &ranked).await
+}
+
+/// The postings of `terms` in the user's messages, with each message's length.
+async fn read_postings(
+    conn: &mut Conn,
+    user_id: &str,
+    terms: &[String],
+) -> Result<Vec<(String, i64, i64, i64)>, mysql_async::Error> {
+    // Each term's newest postings, one backward index range each: a term in more
+    // messages than that counts as in that many (it tells little apart anyway), and a
+    // rare one, the kind that finds a fact, is exact.
+    let per_term = format!(
+        "(SELECT term, message_id, tf FROM keyword_postings \
+         WHERE user_id = ? AND term = ? ORDER BY message_id DESC LIMIT {POSTINGS_PER_TERM})"
+    );
+    let union = vec![per_term.as_str(); terms.len()].join(" UNION ALL ");
+    let mut params: Vec<Value> = Vec::new();
+    for term in terms {
+        params.extend([Value::from(user_id), Value::from(term.as_str())]);
+    }
+    conn.exec(
+        format!(
+            "SELECT c.term, c.message_id, c.tf, d.terms FROM ({union}) AS c \
+             JOIN keyword_docs d ON d.message_id = c.message_id"
+        ),
+        Params::Positional(params),
+    )
+    .await
+}
+
+/// The ranked messages still in the user's history, with their scores.
+async fn read_messages(
+    conn: &mut Conn,
+    user_id: &str,
+    ranked: &[(i64, f64)],
+) -> Result<Vec<Found>, mysql_async::Error> {
+    let scores: HashMap<i64, f64> = ranked.iter().copied().collect();
+    let marks = vec!["?"; ranked.len()].join(", ");
+    let mut params: Vec<Value> = vec![user_id.into()];
+    params.extend(ranked.iter().map(|(id, _)| Value::from(*id)));
+    conn.exec_map(
+        format!(
+            "SELECT id, conversation_id, CAST(role AS CHAR), text, \
+             CAST(UNIX_TIMESTAMP(created_at) * 1000 AS SIGNED) \
+             FROM chat_history WHERE user_id = ? AND id IN ({marks})"
+        ),
+        Params::Positional(params),
+        |(id, conversation_id, role, text, created_at_unix_ms)| Found {
+            score: scores.get(&id).copied().unwrap_or_default(),
+            id,
+            conversation_id,
+            role,
+            text,
+            created_at_unix_ms,
+        },
+    )
+    .await
+}
+
+fn hit_of(row: Found, terms: &[String]) -> SearchHit {
+    SearchHit {
+        message_id: row.id,
+        conversation_id: row.conversation_id,
+        role: if row.role == "assistant" {
+            Role::Assistant
+        } else {
+            Role::User
+        }
+        .into(),
+        highlights: highlights(&row.text, terms)
             .into_iter()
-            .filter(|row| conversation.is_empty() || row.1 == conversation)
-            .map(
-                |(id, conversation_id, role, text, created, score)| SearchHit {
-                    message_id: id,
-                    conversation_id,
-                    role: if role == "assistant" {
-                        Role::Assistant
-                    } else {
-                        Role::User
-                    }
-                    .into(),
-                    highlights: highlights(&text, &terms)
-                        .into_iter()
-                        .map(|(start, end)| TextRange { start, end })
-                        .collect(),
-                    text,
-                    created_at_unix_ms: created,
-                    score,
-                },
-            )
-            .collect();
-        hits.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(b.message_id.cmp(&a.message_id))
-        });
-        hits.truncate(limit);
-        metrics::search_hits(hits.len());
-        Ok(hits)
+            .map(|(start, end)| TextRange { start, end })
+            .collect(),
+        text: row.text,
+        created_at_unix_ms: row.created_at_unix_ms,
+        score: row.score,
     }
 }
 

@@ -1,7 +1,10 @@
 //! The gRPC edge: reads the caller's deadline, checks the request, runs the provider
 //! under the retry policy inside a span, and turns an [`LlmError`] into a status here
 //! and nowhere else. A stream is relayed by its own task, which notices when the caller
-//! goes away and drops the provider's stream, cancelling the upstream request.
+//! goes away and drops the provider's stream, cancelling the upstream request. The
+//! mapping between the gRPC types and the provider's is in `convert`.
+
+mod convert;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,10 +24,11 @@ use crate::Settings;
 use crate::error::LlmError;
 use crate::metrics::{self, Outcome};
 use crate::provider::{
-    self, Completion, EventStream, Message, Options, Provider, ProviderKind, Reply, Role,
-    StreamEvent, ToolCall, ToolCallDelta, Usage, counted_usage,
+    self, Completion, EventStream, Options, Provider, ProviderKind, StreamEvent, Usage,
+    counted_usage,
 };
 use crate::retry::RetryPolicy;
+use convert::{json_field, message_of, proto_tool_call_delta, proto_usage, response_of};
 
 /// Kept back from the caller's deadline so our own, explanatory status reaches it
 /// before its timer fires.
@@ -278,38 +282,33 @@ impl Relay {
                     return self.fail(error, &model, &reply).await;
                 }
             };
-            match event {
+            let chunk = match event {
                 StreamEvent::Delta(delta) => {
                     reply.push_str(&delta);
-                    let chunk = CompleteChunk {
+                    CompleteChunk {
                         delta,
                         ..CompleteChunk::default()
-                    };
-                    if self.sender.send(Ok(chunk)).await.is_err() {
-                        return self.cut_short(&model, &reply);
                     }
                 }
                 StreamEvent::ToolCall(call) => {
                     reply.push_str(&call.arguments);
-                    let chunk = CompleteChunk {
+                    CompleteChunk {
                         tool_calls: vec![proto_tool_call_delta(call)],
                         ..CompleteChunk::default()
-                    };
-                    if self.sender.send(Ok(chunk)).await.is_err() {
-                        return self.cut_short(&model, &reply);
                     }
                 }
-                StreamEvent::Finish(finish_reason) => {
-                    let chunk = CompleteChunk {
-                        finish_reason,
-                        ..CompleteChunk::default()
-                    };
-                    if self.sender.send(Ok(chunk)).await.is_err() {
-                        return self.cut_short(&model, &reply);
-                    }
+                StreamEvent::Finish(finish_reason) => CompleteChunk {
+                    finish_reason,
+                    ..CompleteChunk::default()
+                },
+                StreamEvent::Model(name) => {
+                    model = name;
+                    continue;
                 }
-                StreamEvent::Model(name) => model = name,
                 StreamEvent::Usage(usage) => return self.finish(usage, model).await,
+            };
+            if self.sender.send(Ok(chunk)).await.is_err() {
+                return self.cut_short(&model, &reply);
             }
         }
     }
@@ -340,77 +339,5 @@ impl Relay {
     fn billed(&self, reply: &str) -> Option<Usage> {
         self.bills_cut_short
             .then(|| counted_usage(&self.request, reply))
-    }
-}
-
-/// A JSON option as the gateway passed it on; empty is unset.
-fn json_field(name: &str, text: &str) -> Result<Option<serde_json::Value>, LlmError> {
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_str(text)
-        .map(Some)
-        .map_err(|error| LlmError::InvalidRequest(format!("{name} is not valid JSON: {error}")))
-}
-
-fn message_of(message: chat_proto::ChatMessage) -> Message {
-    let role = match message.role() {
-        chat_proto::Role::System => Role::System,
-        chat_proto::Role::Assistant => Role::Assistant,
-        chat_proto::Role::Tool => Role::Tool,
-        chat_proto::Role::User | chat_proto::Role::Unspecified => Role::User,
-    };
-    let tool_calls = message
-        .tool_calls
-        .into_iter()
-        .map(|call| ToolCall {
-            id: call.id,
-            name: call.name,
-            arguments: call.arguments,
-        })
-        .collect();
-    Message {
-        role,
-        content: message.content,
-        tool_calls,
-        tool_call_id: message.tool_call_id,
-        name: message.name,
-    }
-}
-
-fn response_of(reply: Reply) -> CompleteResponse {
-    let tool_calls = reply
-        .tool_calls
-        .into_iter()
-        .map(|call| chat_proto::ToolCall {
-            id: call.id,
-            name: call.name,
-            arguments: call.arguments,
-        })
-        .collect();
-    CompleteResponse {
-        reply: reply.text,
-        usage: Some(proto_usage(reply.usage)),
-        model: reply.model,
-        tool_calls,
-        finish_reason: reply.finish_reason,
-    }
-}
-
-fn proto_tool_call_delta(call: ToolCallDelta) -> chat_proto::ToolCallDelta {
-    chat_proto::ToolCallDelta {
-        index: call.index,
-        id: call.id,
-        name: call.name,
-        arguments: call.arguments,
-    }
-}
-
-fn proto_usage(usage: Usage) -> chat_proto::Usage {
-    let wide = |tokens: u64| i64::try_from(tokens).unwrap_or(i64::MAX);
-    chat_proto::Usage {
-        prompt_tokens: wide(usage.prompt_tokens),
-        completion_tokens: wide(usage.completion_tokens),
-        total_tokens: wide(usage.total_tokens),
     }
 }

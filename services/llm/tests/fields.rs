@@ -2,25 +2,18 @@
 //! and tool calls (whole and streamed), the finish reason; against the real
 //! async-openai client path and a local server speaking OpenAI's wire format.
 
+mod support;
+
 use std::time::Duration;
 
-use chat_llm::{Llm, Settings};
+use chat_llm::Llm;
 use chat_proto::llm_service_server::LlmService;
 use chat_proto::{ChatMessage, CompleteChunk, CompleteRequest, Role, ToolCall};
 use chat_testing::{FakeOpenAi, Upstream};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use support::llm;
 use tonic::Code;
-
-fn llm(fake: &FakeOpenAi) -> anyhow::Result<Llm> {
-    Llm::new(&Settings {
-        openai_api_key: Some("sk-test-key-0123456789".to_owned().into()),
-        openai_base_url: fake.base_url.clone(),
-        openai_model: "gpt-test".into(),
-        llm_retry_base_ms: 10,
-        ..Settings::default()
-    })
-}
 
 fn message(role: Role, content: &str) -> ChatMessage {
     ChatMessage {

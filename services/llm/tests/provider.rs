@@ -1,22 +1,15 @@
 //! The real async-openai client path against a local server speaking OpenAI's wire format.
 
+mod support;
+
 use std::time::Duration;
 
 use chat_llm::{Llm, ProviderKind, Settings};
 use chat_proto::llm_service_server::LlmService;
 use chat_proto::{ChatMessage, CompleteRequest, CompleteResponse, Role};
 use chat_testing::{FakeOpenAi, Upstream};
+use support::llm;
 use tonic::Code;
-
-fn llm(fake: &FakeOpenAi) -> anyhow::Result<Llm> {
-    Llm::new(&Settings {
-        openai_api_key: Some("sk-test-key-0123456789".to_owned().into()),
-        openai_base_url: fake.base_url.clone(),
-        openai_model: "gpt-test".into(),
-        llm_retry_base_ms: 10,
-        ..Settings::default()
-    })
-}
 
 fn conversation() -> CompleteRequest {
     let message = |role: Role, content: &str| ChatMessage {

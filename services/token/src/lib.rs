@@ -23,7 +23,7 @@
 //! (the gateway does, from the account). A reservation keeps the limit it was made
 //! under, so its settlement reports the tokens left against the same limit.
 //!
-//! The rules are in `quota.rs`; `service.rs` is the gRPC edge over them.
+//! The rules are in `quota.rs` and the modules under `quota/`; `service.rs` is the gRPC edge over them.
 
 mod error;
 mod journal;

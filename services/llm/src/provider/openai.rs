@@ -1,5 +1,7 @@
 //! OpenAI's Chat Completions API, or any server that speaks it (Ollama, vLLM,
-//! LM Studio, ...), through async-openai.
+//! LM Studio, ...), through async-openai. A streamed answer's chunks are read in `stream`.
+
+mod stream;
 
 use std::sync::Arc;
 
@@ -7,23 +9,22 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
-use std::collections::VecDeque;
-
 use async_openai::types::chat::{
-    ChatCompletionMessageToolCalls, ChatCompletionResponseStream, ChatCompletionStreamOptions,
-    CompletionUsage, CreateChatCompletionRequest, CreateChatCompletionResponse, FinishReason,
+    ChatCompletionMessageToolCalls, ChatCompletionStreamOptions, CompletionUsage,
+    CreateChatCompletionRequest, CreateChatCompletionResponse, FinishReason,
 };
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, stream};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Completion, EventStream, Message, Provider, ProviderKind, Reply, Role, StreamEvent, ToolCall,
-    ToolCallDelta, Usage, counted_usage,
+    Completion, EventStream, Message, Provider, ProviderKind, Reply, Role, ToolCall, Usage,
+    counted_usage,
 };
 use crate::Settings;
 use crate::error::LlmError;
+use stream::Events;
 
 pub struct OpenAi {
     client: Client<OpenAIConfig>,
@@ -98,8 +99,7 @@ impl OpenAi {
     }
 
     fn failure(&self, error: OpenAIError) -> LlmError {
-        let (failure, detail) = classify(error);
-        let detail = scrub_secret(&detail, self.api_key.expose_secret());
+        let (failure, detail) = explain(error, &self.api_key);
         match failure {
             Failure::Transient => LlmError::Transient(detail),
             Failure::InsufficientQuota => LlmError::InsufficientQuota(detail),
@@ -144,111 +144,6 @@ impl Provider for OpenAi {
             Ok(Events::new(upstream, Arc::clone(request), self.api_key.clone()).into_stream())
         }
         .boxed()
-    }
-}
-
-/// Turns the provider's chunks into [`StreamEvent`]s. Dropping it drops the upstream
-/// stream, which cancels the request.
-struct Events {
-    upstream: ChatCompletionResponseStream,
-    request: Arc<Completion>,
-    api_key: SecretString,
-    /// What the last chunk said that is not passed on yet.
-    pending: VecDeque<StreamEvent>,
-    model: String,
-    usage: Option<Usage>,
-    /// Counted when the provider reports no usage.
-    reply: String,
-    ended: bool,
-}
-
-impl Events {
-    fn new(
-        upstream: ChatCompletionResponseStream,
-        request: Arc<Completion>,
-        api_key: SecretString,
-    ) -> Self {
-        Self {
-            upstream,
-            model: request.model.clone(),
-            request,
-            api_key,
-            pending: VecDeque::new(),
-            usage: None,
-            reply: String::new(),
-            ended: false,
-        }
-    }
-
-    fn into_stream(self) -> EventStream {
-        stream::unfold(self, |mut events| async move {
-            let event = events.next_event().await?;
-            Some((event, events))
-        })
-        .boxed()
-    }
-
-    async fn next_event(&mut self) -> Option<Result<StreamEvent, LlmError>> {
-        if self.ended {
-            return None;
-        }
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Some(Ok(event));
-            }
-            match self.upstream.next().await {
-                Some(Ok(chunk)) => {
-                    if let Some(reported) = chunk.usage {
-                        self.usage = Some(usage_of(reported));
-                    }
-                    // One choice: the gateway never asks for more (`n` is 1).
-                    for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
-                        let delta = choice.delta;
-                        if let Some(text) = delta.content.or(delta.refusal)
-                            && !text.is_empty()
-                        {
-                            self.reply.push_str(&text);
-                            self.pending.push_back(StreamEvent::Delta(text));
-                        }
-                        for call in delta.tool_calls.into_iter().flatten() {
-                            let function = call.function.unwrap_or_default();
-                            let arguments = function.arguments.unwrap_or_default();
-                            // Counted with the reply should the provider report no usage.
-                            self.reply.push_str(&arguments);
-                            self.pending.push_back(StreamEvent::ToolCall(ToolCallDelta {
-                                index: call.index,
-                                id: call.id.unwrap_or_default(),
-                                name: function.name.unwrap_or_default(),
-                                arguments,
-                            }));
-                        }
-                        if let Some(reason) = choice.finish_reason {
-                            self.pending
-                                .push_back(StreamEvent::Finish(finish_name(reason).to_owned()));
-                        }
-                    }
-                    if !chunk.model.is_empty() && chunk.model != self.model {
-                        self.model = chunk.model;
-                        return Some(Ok(StreamEvent::Model(self.model.clone())));
-                    }
-                }
-                Some(Err(error)) => {
-                    self.ended = true;
-                    let (_, detail) = classify(error);
-                    let detail = scrub_secret(&detail, self.api_key.expose_secret());
-                    return Some(Err(LlmError::StreamBroken(detail)));
-                }
-                None => {
-                    self.ended = true;
-                    // Compatible servers that ignore `include_usage` report nothing:
-                    // count it rather than charge nothing.
-                    let usage = self
-                        .usage
-                        .unwrap_or_else(|| counted_usage(&self.request, &self.reply));
-                    return Some(Ok(StreamEvent::Usage(usage)));
-                }
-            }
-        }
     }
 }
 
@@ -389,6 +284,12 @@ fn classify(error: OpenAIError) -> (Failure, String) {
         ),
         other => (Failure::Permanent, format!("provider call failed: {other}")),
     }
+}
+
+/// The meaning of `error`, and its text for the caller with the key scrubbed out.
+fn explain(error: OpenAIError, api_key: &SecretString) -> (Failure, String) {
+    let (failure, detail) = classify(error);
+    (failure, scrub_secret(&detail, api_key.expose_secret()))
 }
 
 /// A key too short to be real would scrub ordinary words.
