@@ -206,28 +206,7 @@ pub(crate) async fn one(
     marks: Option<&Marks>,
 ) -> anyhow::Result<(Duration, Lags)> {
     let started = Instant::now();
-    let (url, body) = match target {
-        Target::Upstream(base) => (
-            format!("{base}/chat/completions"),
-            serde_json::json!({
-                "model": MODEL,
-                "messages": [{"role": "user", "content": TEXT}],
-                "max_completion_tokens": 512
-            }),
-        ),
-        Target::Chat(gateways) => (
-            format!("{}/chat", gateways[worker % gateways.len()]),
-            caller.body(),
-        ),
-        Target::Stream(gateways) => (
-            format!("{}/chat/stream", gateways[worker % gateways.len()]),
-            caller.body(),
-        ),
-        Target::V1(gateways) | Target::V1Stream(gateways) => (
-            format!("{}/v1/chat/completions", gateways[worker % gateways.len()]),
-            caller.openai_body(matches!(target, Target::V1Stream(_))),
-        ),
-    };
+    let (url, body) = request_body(target, worker, caller);
     let mut request = client.post(url).json(&body);
     if let Caller::Key(key) = caller
         && !matches!(target, Target::Upstream(_))
@@ -252,32 +231,7 @@ pub(crate) async fn one(
         }
         Target::Stream(_) | Target::V1Stream(_) => {
             let openai = matches!(target, Target::V1Stream(_));
-            let (mut first_delta, mut done) = (None, None);
-            let mut seen = Vec::new();
-            let mut chunks = response.bytes_stream();
-            while let Some(chunk) = chunks.next().await {
-                seen.extend_from_slice(&chunk?);
-                // OpenAI's stream opens with a role chunk: its first text is the second event.
-                let delta = if openai {
-                    seen.windows(6).filter(|window| window == b"data: ").count() >= 2
-                } else {
-                    contains(&seen, b"event: delta")
-                };
-                if first_delta.is_none() && delta {
-                    first_delta = Some(Instant::now());
-                }
-                let end: &[u8] = if openai {
-                    b"data: [DONE]"
-                } else {
-                    b"event: done"
-                };
-                if contains(&seen, end) {
-                    done = Some(Instant::now());
-                }
-            }
-            let (Some(first_delta), Some(done)) = (first_delta, done) else {
-                anyhow::bail!("the stream ended without its final event");
-            };
+            let (first_delta, done) = read_stream(response, openai).await?;
             let lags = marks.map(|marks| {
                 let (first_chunk, last_chunk) = marks.last_stream();
                 (
@@ -288,6 +242,67 @@ pub(crate) async fn one(
             Ok((done - started, lags))
         }
     }
+}
+
+/// Where `worker`'s request to `target` goes (gateways by turns), and its body.
+fn request_body(target: &Target, worker: usize, caller: &Caller) -> (String, serde_json::Value) {
+    match target {
+        Target::Upstream(base) => (
+            format!("{base}/chat/completions"),
+            serde_json::json!({
+                "model": MODEL,
+                "messages": [{"role": "user", "content": TEXT}],
+                "max_completion_tokens": 512
+            }),
+        ),
+        Target::Chat(gateways) => (
+            format!("{}/chat", gateways[worker % gateways.len()]),
+            caller.body(),
+        ),
+        Target::Stream(gateways) => (
+            format!("{}/chat/stream", gateways[worker % gateways.len()]),
+            caller.body(),
+        ),
+        Target::V1(gateways) | Target::V1Stream(gateways) => (
+            format!("{}/v1/chat/completions", gateways[worker % gateways.len()]),
+            caller.openai_body(matches!(target, Target::V1Stream(_))),
+        ),
+    }
+}
+
+/// Reads a stream (OpenAI's if `openai`) to its end: when its first text arrived, and
+/// when its final event did.
+async fn read_stream(
+    response: reqwest::Response,
+    openai: bool,
+) -> anyhow::Result<(Instant, Instant)> {
+    let (mut first_delta, mut done) = (None, None);
+    let mut seen = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        seen.extend_from_slice(&chunk?);
+        // OpenAI's stream opens with a role chunk: its first text is the second event.
+        let delta = if openai {
+            seen.windows(6).filter(|window| window == b"data: ").count() >= 2
+        } else {
+            contains(&seen, b"event: delta")
+        };
+        if first_delta.is_none() && delta {
+            first_delta = Some(Instant::now());
+        }
+        let end: &[u8] = if openai {
+            b"data: [DONE]"
+        } else {
+            b"event: done"
+        };
+        if contains(&seen, end) {
+            done = Some(Instant::now());
+        }
+    }
+    let (Some(first_delta), Some(done)) = (first_delta, done) else {
+        anyhow::bail!("the stream ended without its final event");
+    };
+    Ok((first_delta, done))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

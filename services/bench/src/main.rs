@@ -38,6 +38,30 @@ async fn run() -> anyhow::Result<()> {
     bench(args).await
 }
 
+/// The Redis and MySQL a run uses: `{run}_REDIS_ADDR` and `{run}_MYSQL_DSN`, by
+/// default the dev servers with the database `database`.
+fn servers(run: &str, database: &str) -> (String, String) {
+    (
+        std::env::var(format!("{run}_REDIS_ADDR"))
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        std::env::var(format!("{run}_MYSQL_DSN"))
+            .unwrap_or_else(|_| format!("mysql://chat:chat@127.0.0.1:3306/{database}")),
+    )
+}
+
+/// Writes a run's `files` (name, content) into `out`, and says where, in that order.
+#[allow(clippy::print_stdout)]
+fn write_out(out: &std::path::Path, files: &[(&str, String)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut written = Vec::new();
+    for (name, content) in files {
+        std::fs::write(out.join(name), content)?;
+        written.push(format!("{}/{name}", out.display()));
+    }
+    println!("written: {}", written.join(", "));
+    Ok(())
+}
+
 /// The next argument, the value of `flag`.
 fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> anyhow::Result<String> {
     args.next()
@@ -46,12 +70,8 @@ fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> anyhow::Result<
 
 #[allow(clippy::print_stdout)]
 async fn soak(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let mut options = chat_bench::soak::SoakOptions::full(
-        bin_dir()?,
-        std::env::var("SOAK_REDIS_ADDR").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        std::env::var("SOAK_MYSQL_DSN")
-            .unwrap_or_else(|_| "mysql://chat:chat@127.0.0.1:3306/chat_soak".into()),
-    );
+    let (redis_addr, mysql_dsn) = servers("SOAK", "chat_soak");
+    let mut options = chat_bench::soak::SoakOptions::full(bin_dir()?, redis_addr, mysql_dsn);
     let mut out = PathBuf::from("target/soak");
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -69,17 +89,8 @@ async fn soak(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     );
     let report = chat_bench::soak::run(&options).await?;
     println!("{}", report.table());
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("soak.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(out.join("soak.md"), report.markdown())?;
-    println!(
-        "written: {}/soak.md, {}/soak.json",
-        out.display(),
-        out.display()
-    );
+    let json = serde_json::to_string_pretty(&report)?;
+    write_out(&out, &[("soak.md", report.markdown()), ("soak.json", json)])?;
     let failed: Vec<&str> = report
         .checks
         .iter()
@@ -92,13 +103,8 @@ async fn soak(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
 
 #[allow(clippy::print_stdout)]
 async fn bench(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
-    let bin_dir = bin_dir()?;
-    let mut options = chat_bench::Options::full(
-        bin_dir,
-        std::env::var("BENCH_REDIS_ADDR").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        std::env::var("BENCH_MYSQL_DSN")
-            .unwrap_or_else(|_| "mysql://chat:chat@127.0.0.1:3306/chat_bench".into()),
-    );
+    let (redis_addr, mysql_dsn) = servers("BENCH", "chat_bench");
+    let mut options = chat_bench::Options::full(bin_dir()?, redis_addr, mysql_dsn);
     let mut out = PathBuf::from("target/bench");
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -110,17 +116,11 @@ async fn bench(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     }
     let results = chat_bench::run(&options).await?;
     println!("{}", results.table());
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
+    let json = serde_json::to_string_pretty(&results)?;
+    write_out(
+        &out,
+        &[("results.json", json), ("throughput.svg", results.svg())],
     )?;
-    std::fs::write(out.join("throughput.svg"), results.svg())?;
-    println!(
-        "written: {}/results.json, {}/throughput.svg",
-        out.display(),
-        out.display()
-    );
     anyhow::ensure!(
         results.errors() == 0,
         "{} requests failed",

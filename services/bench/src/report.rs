@@ -180,6 +180,14 @@ impl Results {
 
     pub fn table(&self) -> String {
         let mut out = String::new();
+        self.write_cases(&mut out);
+        self.write_overheads(&mut out);
+        self.write_resources(&mut out);
+        out
+    }
+
+    /// The heading, and a line per case.
+    fn write_cases(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "commit {} on {} cores, {} s per case in {} rounds",
@@ -222,6 +230,10 @@ impl Results {
                 },
             );
         }
+    }
+
+    /// What the stack, authentication, the limiter and retrieval add, and the overload.
+    fn write_overheads(&self, out: &mut String) {
         for (target, overhead) in &self.overhead_p50_ms {
             let _ = writeln!(out, "overhead at c=1 ({target}, p50): {overhead:.3} ms");
         }
@@ -250,6 +262,10 @@ impl Results {
                 shed * 100.0
             );
         }
+    }
+
+    /// CPU per process at c=32, and each process's peak memory.
+    fn write_resources(&self, out: &mut String) {
         if let Some(case) = self.cases.iter().find(|case| case.name == "chat c=32") {
             let _ = writeln!(out, "cpu seconds per 1000 chats at c=32, by process:");
             for (process, seconds) in &case.cpu_seconds_per_1000 {
@@ -260,7 +276,6 @@ impl Results {
         for (process, mib) in &self.peak_rss_mib {
             let _ = writeln!(out, "  {process:<12} {mib:.1}");
         }
-        out
     }
 
     /// A bar chart of throughput per case, with p99 written on each bar.

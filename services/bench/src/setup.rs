@@ -3,8 +3,10 @@
 //! API key per simulated client.
 
 use std::io::Read as _;
+use std::path::Path;
 
-use chat_testing::stack::Backing;
+use chat_testing::accounts;
+use chat_testing::stack::{Backing, Processes, Stack};
 use chat_testing::{FakeOpenAi, FixedReply};
 use futures::{StreamExt as _, TryStreamExt as _};
 
@@ -13,9 +15,6 @@ use crate::MODEL;
 /// The provider's one answer.
 const REPLY: &str =
     "Benchmarks measure what the gateway adds on top of the provider, nothing more.";
-
-/// Tokens each simulated user may spend per day: far more than any run spends.
-const DAILY_LIMIT: i64 = 1_000_000_000_000;
 
 /// A local provider speaking OpenAI's wire format with zero added latency, so that what
 /// is measured is the stack's own cost.
@@ -41,12 +40,27 @@ pub(crate) fn backing(run: &str, redis_addr: &str, mysql_dsn: &str, provider_url
     }
 }
 
+/// Every service as its own process from `bin_dir`, on `backing`, with a gateway per
+/// entry of `gateway_env`, each with that environment beside [`common_env`].
+pub(crate) async fn start_stack(
+    bin_dir: &Path,
+    backing: &Backing,
+    gateway_env: &[Vec<(String, String)>],
+) -> anyhow::Result<Stack> {
+    let processes = Processes {
+        bin_dir: bin_dir.to_path_buf(),
+        gateways: gateway_env.len(),
+        env: common_env(),
+    };
+    Stack::processes_with_gateway_env(backing, &processes, gateway_env).await
+}
+
 /// The environment of every process: quotas no run reaches, and a rate limiter that runs
 /// on every request but never refuses one.
 pub(crate) fn common_env() -> Vec<(String, String)> {
     owned(&[
         // Trust mode's users have no limit of their own; this one keeps them in quota.
-        ("DAILY_LIMIT", &DAILY_LIMIT.to_string()),
+        ("DAILY_LIMIT", &accounts::DAILY_LIMIT.to_string()),
         ("RATE_LIMIT_PER_MINUTE", "1000000000"),
     ])
 }
@@ -84,37 +98,8 @@ pub(crate) async fn make_users(
     futures::stream::iter(0..count)
         .map(|index| async move {
             let user_id = format!("bench-{run}-{index}");
-            let created = client
-                .post(format!("{gateway}/admin/users"))
-                .bearer_auth(admin_key)
-                .json(&serde_json::json!({
-                    "user_id": user_id,
-                    "daily_limit": DAILY_LIMIT,
-                }))
-                .send()
-                .await?;
-            anyhow::ensure!(
-                created.status() == reqwest::StatusCode::CREATED,
-                "POST /admin/users: {}",
-                created.status()
-            );
-            let key = client
-                .post(format!("{gateway}/admin/users/{user_id}/keys"))
-                .bearer_auth(admin_key)
-                .json(&serde_json::json!({"name": "bench"}))
-                .send()
-                .await?;
-            anyhow::ensure!(
-                key.status() == reqwest::StatusCode::CREATED,
-                "POST /admin/users/{user_id}/keys: {}",
-                key.status()
-            );
-            let body: serde_json::Value = key.json().await?;
-            let key = body["key"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| anyhow::anyhow!("POST /admin/users/{user_id}/keys: no key"))?;
-            Ok((user_id, key))
+            let key = accounts::make_user(client, gateway, admin_key, &user_id, "bench").await?;
+            Ok::<_, anyhow::Error>((user_id, key))
         })
         .buffered(8)
         .try_collect()

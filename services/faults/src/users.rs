@@ -1,10 +1,9 @@
 //! The simulated users: each made through the admin API with an API key, as a deployment
 //! makes them, and a daily limit no run reaches.
 
-use crate::client::Caller;
+use chat_testing::accounts;
 
-/// Tokens each user may spend per day: far more than the suite spends.
-const DAILY_LIMIT: i64 = 1_000_000_000_000;
+use crate::client::Caller;
 
 /// Makes `user_id` and a key for it through `gateway`'s admin API.
 pub async fn make_user(
@@ -13,36 +12,11 @@ pub async fn make_user(
     admin_key: &str,
     user_id: &str,
 ) -> anyhow::Result<Caller> {
-    let created = http
-        .post(format!("{gateway}/admin/users"))
-        .bearer_auth(admin_key)
-        .json(&serde_json::json!({"user_id": user_id, "daily_limit": DAILY_LIMIT}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        created.status() == reqwest::StatusCode::CREATED,
-        "POST /admin/users: {}",
-        created.status()
-    );
-    let key = http
-        .post(format!("{gateway}/admin/users/{user_id}/keys"))
-        .bearer_auth(admin_key)
-        .json(&serde_json::json!({"name": "faults"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        key.status() == reqwest::StatusCode::CREATED,
-        "POST /admin/users/{user_id}/keys: {}",
-        key.status()
-    );
-    let body: serde_json::Value = key.json().await?;
-    let key = body["key"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("POST /admin/users/{user_id}/keys: no key"))?;
+    let key = accounts::make_user(http, gateway, admin_key, user_id, "faults").await?;
     Ok(Caller {
         gateway: gateway.to_owned(),
         user_id: user_id.to_owned(),
-        key: key.to_owned(),
+        key,
     })
 }
 

@@ -9,6 +9,7 @@
 //! and `TEST_MYSQL_URL` (default `mysql://chat:chat@127.0.0.1:3306`, a user allowed to
 //! create databases). `deploy/dev/deps.sh up` starts both natively.
 
+pub mod accounts;
 mod mysql;
 pub mod openai;
 mod own_mariadb;

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_testing::stack::{Processes, Stack};
+use chat_testing::stack::Stack;
+use tokio::task::JoinHandle;
 
 use crate::load::{self, Caller, Callers, Target};
 use crate::setup;
@@ -85,35 +86,11 @@ struct ClientLog {
 }
 
 pub async fn run(options: &SoakOptions) -> anyhow::Result<SoakReport> {
-    anyhow::ensure!(
-        options.seconds >= analysis::MIN_SECONDS,
-        "a soak needs at least {} s (a warm-up, then two windows)",
-        analysis::MIN_SECONDS
-    );
-    anyhow::ensure!(
-        options.clients >= 2,
-        "a soak needs two clients, one chatting, one streaming"
-    );
+    check_options(options)?;
     let timeline = Timeline::new(options.seconds);
     let upstream = setup::start_provider().await?;
     let admin_key = setup::random_admin_key()?;
-    let backing = setup::backing(
-        "soak",
-        &options.redis_addr,
-        &options.mysql_dsn,
-        &upstream.base_url,
-    );
-    let processes = Processes {
-        bin_dir: options.bin_dir.clone(),
-        gateways: 1,
-        env: setup::common_env(),
-    };
-    let stack = Stack::processes_with_gateway_env(
-        &backing,
-        &processes,
-        &[setup::authenticated_env(&admin_key)],
-    )
-    .await?;
+    let stack = start_stack(options, &upstream.base_url, &admin_key).await?;
     let client = setup::http_client()?;
     let keys: Vec<String> =
         setup::make_users(&client, stack.gateway(), &admin_key, options.clients)
@@ -126,25 +103,7 @@ pub async fn run(options: &SoakOptions) -> anyhow::Result<SoakReport> {
     let cpu_before = stack.cpu_seconds();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(options.seconds);
-    let gateway = vec![stack.gateway().to_owned()];
-    let clients: Vec<_> = (0..options.clients)
-        .map(|worker| {
-            let target = if worker < options.clients / 2 {
-                Target::Chat(gateway.clone())
-            } else {
-                Target::Stream(gateway.clone())
-            };
-            let caller = Caller::of(&callers, worker);
-            tokio::spawn(client_loop(
-                client.clone(),
-                target,
-                caller,
-                worker,
-                started,
-                deadline,
-            ))
-        })
-        .collect();
+    let clients = start_clients(options, &client, &stack, &callers, started, deadline);
     let scraper = tokio::spawn(scrape(
         client.clone(),
         stack.metrics.clone(),
@@ -162,16 +121,81 @@ pub async fn run(options: &SoakOptions) -> anyhow::Result<SoakReport> {
             *observed.errors.entry(message).or_default() += count;
         }
     }
-    observed.cpu_seconds = stack
+    observed.cpu_seconds = cpu_spent(&stack, &cpu_before);
+    observed.scrapes = scraper.await?;
+    Ok(SoakReport::new(options, timeline, observed))
+}
+
+/// Long enough for a warm-up and two windows, and a client of each kind.
+fn check_options(options: &SoakOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        options.seconds >= analysis::MIN_SECONDS,
+        "a soak needs at least {} s (a warm-up, then two windows)",
+        analysis::MIN_SECONDS
+    );
+    anyhow::ensure!(
+        options.clients >= 2,
+        "a soak needs two clients, one chatting, one streaming"
+    );
+    Ok(())
+}
+
+/// Every service as its own process, with one gateway, authentication on.
+async fn start_stack(
+    options: &SoakOptions,
+    provider_url: &str,
+    admin_key: &str,
+) -> anyhow::Result<Stack> {
+    let backing = setup::backing(
+        "soak",
+        &options.redis_addr,
+        &options.mysql_dsn,
+        provider_url,
+    );
+    let gateway_env = [setup::authenticated_env(admin_key)];
+    setup::start_stack(&options.bin_dir, &backing, &gateway_env).await
+}
+
+/// The clients, the first half chatting and the second streaming, until `deadline`.
+fn start_clients(
+    options: &SoakOptions,
+    client: &reqwest::Client,
+    stack: &Stack,
+    callers: &Callers,
+    started: Instant,
+    deadline: Instant,
+) -> Vec<JoinHandle<ClientLog>> {
+    let gateway = vec![stack.gateway().to_owned()];
+    (0..options.clients)
+        .map(|worker| {
+            let target = if worker < options.clients / 2 {
+                Target::Chat(gateway.clone())
+            } else {
+                Target::Stream(gateway.clone())
+            };
+            let caller = Caller::of(callers, worker);
+            tokio::spawn(client_loop(
+                client.clone(),
+                target,
+                caller,
+                worker,
+                started,
+                deadline,
+            ))
+        })
+        .collect()
+}
+
+/// The CPU seconds each process spent since `before`.
+fn cpu_spent(stack: &Stack, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    stack
         .cpu_seconds()
         .into_iter()
         .map(|(process, after)| {
-            let spent = after - cpu_before.get(&process).copied().unwrap_or(0.0);
+            let spent = after - before.get(&process).copied().unwrap_or(0.0);
             (process, spent)
         })
-        .collect();
-    observed.scrapes = scraper.await?;
-    Ok(SoakReport::new(options, timeline, observed))
+        .collect()
 }
 
 /// One client's closed loop until `deadline`: its next request as soon as the last one

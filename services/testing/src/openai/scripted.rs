@@ -173,76 +173,129 @@ fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response 
 /// by the real tokenizer.
 async fn respond(script: Arc<Script>, body: &Value, mut answer: Answer) -> Response {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let content = |message: &Value| message["content"].as_str().unwrap_or_default().to_owned();
     let last_user = messages
         .iter()
         .rev()
         .find(|message| message["role"] == "user")
         .map(content)
         .unwrap_or_default();
-    let offers_tools = body["tools"]
-        .as_array()
-        .is_some_and(|tools| !tools.is_empty())
-        && body["tool_choice"] != "none"
-        && messages.last().is_some_and(|last| last["role"] == "user");
-    if answer.reply.is_none() && answer.tool_call.is_none() && offers_tools {
+    if answer.reply.is_none() && answer.tool_call.is_none() && offers_tools(body, &messages) {
         let name = body["tools"][0]["function"]["name"]
             .as_str()
             .unwrap_or("tool");
         let arguments = json!({"echo": last_user}).to_string();
         answer.tool_call = Some((name.to_owned(), arguments));
     }
-    let reply = answer.reply.unwrap_or_else(|| format!("echo: {last_user}"));
-    let contents: Vec<String> = messages.iter().map(content).collect();
-    let counted = tokens::count_prompt(contents.iter().map(String::as_str));
-    let prompt_tokens = match *lock(&script.prompt_factor) {
-        Some(factor) => (counted as f64 * factor).ceil() as usize,
-        None => counted,
-    };
+    let reply = answer
+        .reply
+        .take()
+        .unwrap_or_else(|| format!("echo: {last_user}"));
     let written = match &answer.tool_call {
         Some((name, arguments)) => tokens::count(name) + tokens::count(arguments),
         None => tokens::count(&reply),
     };
-    let usage = wire::usage(prompt_tokens, written);
-    let model = body["model"].as_str().unwrap_or("fake-model");
-    let streamed = body["stream"] == true;
-    let include_usage = body["stream_options"]["include_usage"] == true;
-    if let Some((name, arguments)) = &answer.tool_call {
-        if !streamed {
-            let whole = wire::tool_call_completion(ID, model, name, arguments, &usage);
-            return Json(whole).into_response();
+    let shape = Shape {
+        model: body["model"].as_str().unwrap_or("fake-model"),
+        streamed: body["stream"] == true,
+        include_usage: body["stream_options"]["include_usage"] == true,
+        usage: wire::usage(prompt_tokens(&script, &messages), written),
+    };
+    match answer.tool_call.take() {
+        Some((name, arguments)) => {
+            tool_call_response(script, &shape, &name, &arguments, answer.pace)
         }
-        let events = wire::tool_call_stream_events(
-            ID,
-            model,
-            name,
-            arguments,
-            include_usage.then_some(&usage),
-        );
-        let plan = StreamPlan {
-            events,
-            pace: answer.pace,
-            cut_at: None,
-        };
-        return (
-            [(header::CONTENT_TYPE, "text/event-stream")],
-            axum::body::Body::from_stream(plan.into_stream(script)),
-        )
-            .into_response();
+        None => text_response(script, &shape, &reply, &answer).await,
     }
-    if !streamed {
+}
+
+/// What the request asked the answer to look like.
+struct Shape<'a> {
+    model: &'a str,
+    streamed: bool,
+    /// A streamed answer ends with a chunk of usage.
+    include_usage: bool,
+    usage: Value,
+}
+
+impl Shape<'_> {
+    /// The usage for the stream's last chunk, if it asked for one.
+    fn stream_usage(&self) -> Option<&Value> {
+        self.include_usage.then_some(&self.usage)
+    }
+}
+
+fn content(message: &Value) -> String {
+    message["content"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Whether the request offers tools and leaves the model free to call one, in answer
+/// to a user's message.
+fn offers_tools(body: &Value, messages: &[Value]) -> bool {
+    body["tools"]
+        .as_array()
+        .is_some_and(|tools| !tools.is_empty())
+        && body["tool_choice"] != "none"
+        && messages.last().is_some_and(|last| last["role"] == "user")
+}
+
+/// The prompt's tokens as the provider counts them, scaled if the script says so.
+fn prompt_tokens(script: &Script, messages: &[Value]) -> usize {
+    let contents: Vec<String> = messages.iter().map(content).collect();
+    let counted = tokens::count_prompt(contents.iter().map(String::as_str));
+    match *lock(&script.prompt_factor) {
+        Some(factor) => (counted as f64 * factor).ceil() as usize,
+        None => counted,
+    }
+}
+
+/// A call of the tool `name`, whole or streamed.
+fn tool_call_response(
+    script: Arc<Script>,
+    shape: &Shape<'_>,
+    name: &str,
+    arguments: &str,
+    pace: Duration,
+) -> Response {
+    if !shape.streamed {
+        let whole = wire::tool_call_completion(ID, shape.model, name, arguments, &shape.usage);
+        return Json(whole).into_response();
+    }
+    let events =
+        wire::tool_call_stream_events(ID, shape.model, name, arguments, shape.stream_usage());
+    let plan = StreamPlan {
+        events,
+        pace,
+        cut_at: None,
+    };
+    event_stream(plan, script)
+}
+
+/// `reply`, whole (after as long as its stream would take, if `answer` says so) or
+/// streamed at `answer`'s pace, perhaps cut.
+async fn text_response(
+    script: Arc<Script>,
+    shape: &Shape<'_>,
+    reply: &str,
+    answer: &Answer,
+) -> Response {
+    if !shape.streamed {
         if answer.whole_waits {
-            let chunks = wire::stream_events(ID, model, &reply, None).len();
+            let chunks = wire::stream_events(ID, shape.model, reply, None).len();
             let chunks = u32::try_from(chunks.saturating_sub(1)).unwrap_or(u32::MAX);
             tokio::time::sleep(answer.pace.saturating_mul(chunks)).await;
         }
-        return Json(wire::completion(ID, model, &reply, &usage)).into_response();
+        return Json(wire::completion(ID, shape.model, reply, &shape.usage)).into_response();
     }
     let plan = StreamPlan {
-        events: wire::stream_events(ID, model, &reply, include_usage.then_some(&usage)),
+        events: wire::stream_events(ID, shape.model, reply, shape.stream_usage()),
         pace: answer.pace,
         cut_at: answer.break_after.map(|chunks| chunks + 1),
     };
+    event_stream(plan, script)
+}
+
+/// The planned events as a `text/event-stream` response.
+fn event_stream(plan: StreamPlan, script: Arc<Script>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/event-stream")],
         axum::body::Body::from_stream(plan.into_stream(script)),

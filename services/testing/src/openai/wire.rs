@@ -16,6 +16,12 @@ pub(super) fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
 
 /// The body of a non-streamed answer.
 pub(super) fn completion(id: &str, model: &str, reply: &str, usage: &Value) -> Value {
+    let message = json!({"role": "assistant", "content": reply});
+    whole(id, model, message, "stop", usage)
+}
+
+/// A `chat.completion` of one choice, `message`, finished for `finish`.
+fn whole(id: &str, model: &str, message: Value, finish: &str, usage: &Value) -> Value {
     json!({
         "id": id,
         "object": "chat.completion",
@@ -23,8 +29,8 @@ pub(super) fn completion(id: &str, model: &str, reply: &str, usage: &Value) -> V
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": reply},
-            "finish_reason": "stop"
+            "message": message,
+            "finish_reason": finish
         }],
         "usage": usage
     })
@@ -39,26 +45,41 @@ pub(super) fn stream_events(
     reply: &str,
     usage: Option<&Value>,
 ) -> Vec<String> {
-    let chunk = |choices: Value| {
-        json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": model,
-            "choices": choices
-        })
-    };
-    let delta = |delta: Value, finish: Value| {
-        chunk(json!([{"index": 0, "delta": delta, "finish_reason": finish}]))
-    };
+    let delta = |delta: Value, finish: Value| delta_chunk(id, model, delta, finish);
     let mut events = vec![delta(
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
     events.extend(words(reply).map(|word| delta(json!({"content": word}), Value::Null)));
     events.push(delta(json!({}), json!("stop")));
+    framed(id, model, events, usage)
+}
+
+/// One `chat.completion.chunk` of a stream.
+fn chunk(id: &str, model: &str, choices: Value) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "choices": choices
+    })
+}
+
+/// A chunk of the one choice's `delta`, with its `finish` reason (`null` but last).
+fn delta_chunk(id: &str, model: &str, delta: Value, finish: Value) -> Value {
+    chunk(
+        id,
+        model,
+        json!([{"index": 0, "delta": delta, "finish_reason": finish}]),
+    )
+}
+
+/// `events`, then the usage chunk when given, framed as server-sent events and ended
+/// by `[DONE]`.
+fn framed(id: &str, model: &str, mut events: Vec<Value>, usage: Option<&Value>) -> Vec<String> {
     if let Some(usage) = usage {
-        let mut last = chunk(json!([]));
+        let mut last = chunk(id, model, json!([]));
         last["usage"] = usage.clone();
         events.push(last);
     }
@@ -86,18 +107,8 @@ pub(super) fn tool_call_completion(
         "type": "function",
         "function": {"name": name, "arguments": arguments}
     });
-    json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": CREATED,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": null, "tool_calls": [call]},
-            "finish_reason": "tool_calls"
-        }],
-        "usage": usage
-    })
+    let message = json!({"role": "assistant", "content": null, "tool_calls": [call]});
+    whole(id, model, message, "tool_calls", usage)
 }
 
 /// The events of a streamed tool call, as OpenAI sends them: the role, the call's id
@@ -110,18 +121,7 @@ pub(super) fn tool_call_stream_events(
     arguments: &str,
     usage: Option<&Value>,
 ) -> Vec<String> {
-    let chunk = |choices: Value| {
-        json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": model,
-            "choices": choices
-        })
-    };
-    let delta = |delta: Value, finish: Value| {
-        chunk(json!([{"index": 0, "delta": delta, "finish_reason": finish}]))
-    };
+    let delta = |delta: Value, finish: Value| delta_chunk(id, model, delta, finish);
     let mut events = vec![
         delta(json!({"role": "assistant", "content": null}), Value::Null),
         delta(
@@ -139,17 +139,7 @@ pub(super) fn tool_call_stream_events(
         ));
     }
     events.push(delta(json!({}), json!("tool_calls")));
-    if let Some(usage) = usage {
-        let mut last = chunk(json!([]));
-        last["usage"] = usage.clone();
-        events.push(last);
-    }
-    let mut framed: Vec<String> = events
-        .iter()
-        .map(|event| format!("data: {event}\n\n"))
-        .collect();
-    framed.push("data: [DONE]\n\n".to_owned());
-    framed
+    framed(id, model, events, usage)
 }
 
 /// How a reply is cut into content chunks: word by word, each keeping its space.

@@ -6,7 +6,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use super::processes::Process;
-use super::{READY_WITHIN, Running, Stack};
+use super::{READY_WITHIN, Running, Stack, healthy};
 use crate::signal::{self, Signal};
 
 impl Stack {
@@ -48,12 +48,7 @@ impl Stack {
         let (addr, http) = (process.recipe.addr.clone(), process.recipe.http);
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            let healthy = if http {
-                chat_common::healthcheck::http(&addr, "/health").await
-            } else {
-                chat_common::healthcheck::grpc(&addr).await
-            };
-            if healthy.is_ok() {
+            if healthy(&addr, http).await {
                 return Ok(());
             }
             if let Some(status) = self.process_mut(name)?.child.try_wait()? {

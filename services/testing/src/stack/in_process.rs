@@ -71,31 +71,37 @@ impl Listeners {
     /// Settings for a test: wired to `backing`, no metrics listeners, the rate limiter
     /// and authentication off (see [`Stack`]), and generous deadlines (tests run many
     /// stacks at once on a small machine).
+    /// The gateway's settings: every backend of this stack, no rate limits, no
+    /// authentication, no retrieval until `with_keyword`.
+    fn gateway_settings(&self, backing: &Backing) -> chat_gateway::Settings {
+        chat_gateway::Settings {
+            filter_addr: self.filter.1.clone(),
+            token_addr: self.token.1.clone(),
+            llm_addr: self.llm.1.clone(),
+            history_addr: self.history.1.clone(),
+            // Set by `with_keyword`; without it no retrieval and no search.
+            keyword_addr: String::new(),
+            filter_timeout_ms: 5000,
+            token_timeout_ms: 5000,
+            history_timeout_ms: 5000,
+            llm_timeout_ms: 10_000,
+            rate_limit_per_minute: 0,
+            read_rate_limit_per_minute: 0,
+            address_rate_limit_per_minute: 0,
+            redis_addr: backing.redis_addr.clone(),
+            redis_key_prefix: backing.redis_prefix.clone(),
+            gateway_metrics_listen: String::new(),
+            max_output_tokens: 100,
+            // The model the llm service is given, as OPENAI_MODEL gives it to both.
+            openai_model: backing.model.clone(),
+            auth_mode: chat_gateway::AuthMode::None,
+            ..chat_gateway::Settings::default()
+        }
+    }
+
     fn settings(&self, backing: &Backing) -> Settings {
         Settings {
-            gateway: chat_gateway::Settings {
-                filter_addr: self.filter.1.clone(),
-                token_addr: self.token.1.clone(),
-                llm_addr: self.llm.1.clone(),
-                history_addr: self.history.1.clone(),
-                // Set by `with_keyword`; without it no retrieval and no search.
-                keyword_addr: String::new(),
-                filter_timeout_ms: 5000,
-                token_timeout_ms: 5000,
-                history_timeout_ms: 5000,
-                llm_timeout_ms: 10_000,
-                rate_limit_per_minute: 0,
-                read_rate_limit_per_minute: 0,
-                address_rate_limit_per_minute: 0,
-                redis_addr: backing.redis_addr.clone(),
-                redis_key_prefix: backing.redis_prefix.clone(),
-                gateway_metrics_listen: String::new(),
-                max_output_tokens: 100,
-                // The model the llm service is given, as OPENAI_MODEL gives it to both.
-                openai_model: backing.model.clone(),
-                auth_mode: chat_gateway::AuthMode::None,
-                ..chat_gateway::Settings::default()
-            },
+            gateway: self.gateway_settings(backing),
             filter: chat_filter::Settings {
                 filter_metrics_listen: String::new(),
                 ..chat_filter::Settings::default()

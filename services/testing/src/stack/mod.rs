@@ -100,12 +100,7 @@ impl Stack {
             .collect();
         for (addr, http) in probes {
             loop {
-                let healthy = if http {
-                    chat_common::healthcheck::http(&addr, "/health").await
-                } else {
-                    chat_common::healthcheck::grpc(&addr).await
-                };
-                if healthy.is_ok() {
+                if healthy(&addr, http).await {
                     break;
                 }
                 self.ensure_running()?;
@@ -133,6 +128,18 @@ impl Stack {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the service at `addr` answers its health check: `GET /health` if `http`,
+/// the gRPC health service otherwise.
+async fn healthy(addr: &str, http: bool) -> bool {
+    if http {
+        chat_common::healthcheck::http(addr, "/health")
+            .await
+            .is_ok()
+    } else {
+        chat_common::healthcheck::grpc(addr).await.is_ok()
     }
 }
 
