@@ -24,6 +24,9 @@ async fn fixture() -> anyhow::Result<Fixture> {
         mysql_dsn: db.url.clone().into(),
         redis_addr: redis.addr.clone(),
         redis_key_prefix: redis.prefix.clone(),
+        // Saves slower than the default 500 ms would go to the outbox on a busy machine,
+        // out of the indexer's sight until drained: not what these tests are about.
+        history_save_timeout_ms: 5000,
         ..chat_history::Settings::default()
     })
     .await?;
