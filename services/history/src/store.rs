@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mysql_async::{Pool, PoolConstraints, PoolOpts};
+use mysql_async::Pool;
 use secrecy::ExposeSecret;
 
 use crate::Settings;
@@ -155,10 +155,5 @@ impl History {
 }
 
 fn mysql_pool(settings: &Settings) -> anyhow::Result<Pool> {
-    let opts = crate::mysql_opts(settings.mysql_dsn.expose_secret())?;
-    let constraints =
-        PoolConstraints::new(1, 32).ok_or_else(|| anyhow::anyhow!("invalid MySQL pool size"))?;
-    let opts = mysql_async::OptsBuilder::from_opts(opts)
-        .pool_opts(PoolOpts::default().with_constraints(constraints));
-    Ok(Pool::new(opts))
+    crate::mysql_pool(settings.mysql_dsn.expose_secret(), 32)
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_proto::keyword_service_server::KeywordServiceServer;
+use mysql_async::Pool;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Pool, PoolConstraints, PoolOpts};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
@@ -34,13 +34,7 @@ pub use terms::{Analyzer, highlights};
 
 /// The index over the MySQL of `settings`, once the tables exist.
 pub async fn connect(settings: &Settings) -> anyhow::Result<Index> {
-    let opts = chat_history::mysql_opts(settings.mysql_dsn.expose_secret())?;
-    let constraints =
-        PoolConstraints::new(1, 16).ok_or_else(|| anyhow::anyhow!("invalid MySQL pool size"))?;
-    let pool = Pool::new(
-        mysql_async::OptsBuilder::from_opts(opts)
-            .pool_opts(PoolOpts::default().with_constraints(constraints)),
-    );
+    let pool = chat_history::mysql_pool(settings.mysql_dsn.expose_secret(), 16)?;
     wait_for_tables(&pool).await?;
     let analyzer = tokio::task::spawn_blocking({
         let dict = settings.keyword_dict.clone();
