@@ -12,8 +12,8 @@
 //!
 //! How a route opts in: it need do nothing. Any route added to the router before its
 //! `.layer(... rate_limit::enforce)` (directly, merged or nested) is limited as
-//! [`Class::Read`]; one that calls the model is listed in [`MODEL_ROUTES`] to spend the
-//! stricter model allowance; only [`exempt`] routes are not limited. Handlers then
+//! [`Class::Read`]; one that calls the model is listed in [`class::MODEL_ROUTES`] to spend the
+//! stricter model allowance; only the exempt routes (`class.rs`) are not limited. Handlers then
 //! authenticate as before (a cache hit by then).
 //!
 //! When Redis fails or is slower than `RATE_LIMIT_REDIS_TIMEOUT_MS`, the gateway keeps
@@ -29,7 +29,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -43,70 +43,15 @@ use crate::routes::AppState;
 use crate::settings::AuthMode;
 use crate::{ApiError, Settings};
 
+mod class;
 mod client_addr;
 mod connection;
 
+pub use class::{Class, class_of};
 pub use client_addr::{ClientAddr, TrustedProxies};
 use connection::Redis;
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/gcra.lua")));
-
-/// Routes that call the model, as `METHOD /matched/path`: the user's
-/// `RATE_LIMIT_PER_MINUTE` (or their own) applies. Every other route not exempt spends
-/// the read allowance.
-pub const MODEL_ROUTES: &[&str] = &[
-    "POST /chat",
-    "POST /chat/stream",
-    "POST /v1/chat/completions",
-    "POST /v1/completions",
-    "POST /conversations/{conversation_id}/messages",
-];
-
-/// Routes nobody is limited on: the page, the health check, and the admin API (its
-/// caller holds the admin key, not a user's).
-fn exempt(route: &str) -> bool {
-    matches!(route, "/" | "/health") || route == "/admin" || route.starts_with("/admin/")
-}
-
-/// Which allowance a route spends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// A model call: `RATE_LIMIT_PER_MINUTE`, or the account's own rate.
-    Model,
-    /// Any other API request: `READ_RATE_LIMIT_PER_MINUTE`.
-    Read,
-    /// The login, whose caller has no credential yet: `ADDRESS_RATE_LIMIT_PER_MINUTE`
-    /// per client address.
-    Login,
-}
-
-impl Class {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Model => "model",
-            Self::Read => "read",
-            Self::Login => "anonymous",
-        }
-    }
-}
-
-/// The class of a request to a matched route; `None` for the exempt ones.
-pub fn class_of(method: &Method, route: &str) -> Option<Class> {
-    let model = MODEL_ROUTES.iter().any(|entry| {
-        entry
-            .split_once(' ')
-            .is_some_and(|(m, path)| m == method.as_str() && path == route)
-    });
-    if exempt(route) {
-        None
-    } else if model {
-        Some(Class::Model)
-    } else if route == "/auth/login" {
-        Some(Class::Login)
-    } else {
-        Some(Class::Read)
-    }
-}
 
 /// A pace: so many requests a minute, so many at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -401,31 +346,4 @@ pub async fn enforce(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_are_limited_unless_exempt_and_model_routes_are_stricter() {
-        let (get, post) = (&Method::GET, &Method::POST);
-        assert_eq!(class_of(post, "/chat"), Some(Class::Model));
-        assert_eq!(class_of(post, "/v1/chat/completions"), Some(Class::Model));
-        assert_eq!(class_of(get, "/history"), Some(Class::Read));
-        assert_eq!(class_of(get, "/v1/models"), Some(Class::Read));
-        assert_eq!(class_of(get, "/conversations"), Some(Class::Read));
-        assert_eq!(
-            class_of(get, "/conversations/{conversation_id}/messages"),
-            Some(Class::Read)
-        );
-        assert_eq!(class_of(post, "/auth/login"), Some(Class::Login));
-        assert_eq!(class_of(get, "/health"), None);
-        assert_eq!(class_of(get, "/admin/users/{user_id}"), None);
-    }
-
-    #[test]
-    fn a_zero_rate_is_off_and_a_zero_burst_is_a_minute() {
-        assert_eq!(Rate::new(0, 5), None);
-        let rate = Rate::new(3, 0);
-        assert_eq!(rate.map(|rate| rate.burst.get()), Some(3));
-        assert_eq!(rate.map(Rate::interval_micros), Some(20_000_000));
-    }
-}
+mod tests;
