@@ -9,6 +9,8 @@
 //!   once it is back, while `/health` (liveness) stays 200 throughout;
 //! - the llm service sent SIGTERM mid-stream relays the stream to its end, then exits.
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -174,18 +176,9 @@ impl Events {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let mut name = String::from("message");
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("event:") {
-                        name = value.trim().to_owned();
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        data.push_str(value.trim_start());
-                    }
-                }
-                if data.is_empty() {
+                let Some((name, data)) = support::sse_event(&block) else {
                     continue; // keep-alive comment
-                }
+                };
                 let event = (name, serde_json::from_str(&data)?);
                 self.seen.push(event.clone());
                 return Ok(Some(event));

@@ -27,18 +27,9 @@ async fn read_events(
         buffer.push_str(&String::from_utf8_lossy(&chunk?));
         while let Some(end) = buffer.find("\n\n") {
             let block: String = buffer.drain(..end + 2).collect();
-            let mut name = String::from("message");
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(value) = line.strip_prefix("event:") {
-                    name = value.trim().to_owned();
-                } else if let Some(value) = line.strip_prefix("data:") {
-                    data.push_str(value.trim_start());
-                }
-            }
-            if data.is_empty() {
+            let Some((name, data)) = support::sse_event(&block) else {
                 continue; // keep-alive comment
-            }
+            };
             events.push((name, serde_json::from_str(&data)?));
             if stop_after.is_some_and(|count| events.len() >= count) {
                 return Ok(events);

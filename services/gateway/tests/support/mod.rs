@@ -174,3 +174,18 @@ impl Stack {
 pub fn total_tokens(body: &Value) -> i64 {
     body["usage"]["total_tokens"].as_i64().unwrap_or(-1)
 }
+
+/// The event name (`message` unless named) and data of one server-sent-events block;
+/// `None` for a block without data (a keep-alive comment).
+pub fn sse_event(block: &str) -> Option<(String, String)> {
+    let mut name = String::from("message");
+    let mut data = String::new();
+    for line in block.lines() {
+        if let Some(value) = line.strip_prefix("event:") {
+            name = value.trim().to_owned();
+        } else if let Some(value) = line.strip_prefix("data:") {
+            data.push_str(value.trim_start());
+        }
+    }
+    (!data.is_empty()).then_some((name, data))
+}
