@@ -11,17 +11,38 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use chat_common::grpc::ObservedChannel;
+use chat_proto::history_service_client::HistoryServiceClient;
 use chat_proto::{
     Conversation, ConversationRequest, CreateConversationRequest, EraseUserRequest,
     ListConversationMessagesRequest, ListConversationsRequest, RenameConversationRequest, Role,
     StoredMessage,
 };
 use serde::{Deserialize, Serialize};
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 
 use crate::ApiError;
 use crate::api::Reader;
 use crate::routes::AppState;
+
+/// One call to the history service about the caller's conversations (`patient`: see
+/// [`Backends::conversations`](crate::Backends::conversations)); its refusals are the
+/// caller's.
+async fn ask<M, T, Fut>(
+    state: &AppState,
+    message: M,
+    patient: bool,
+    call: impl FnOnce(HistoryServiceClient<ObservedChannel>, Request<M>) -> Fut,
+) -> Result<T, ApiError>
+where
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    state
+        .backends
+        .conversations(message, patient, call)
+        .await
+        .map_err(refused)
+}
 
 /// The history service's answer about conversations: its refusals are the caller's.
 fn refused(status: Status) -> ApiError {
@@ -116,13 +137,10 @@ pub async fn create(
         user_id: caller.user_id,
         title: body.title.unwrap_or_default(),
     };
-    let created = state
-        .backends
-        .conversations(request, false, async |mut client, request| {
-            client.create_conversation(request).await
-        })
-        .await
-        .map_err(refused)?;
+    let created = ask(&state, request, false, async |mut client, request| {
+        client.create_conversation(request).await
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(ConversationBody::from(created))).into_response())
 }
 
@@ -147,13 +165,10 @@ pub async fn list(
         limit,
         cursor,
     };
-    let page = state
-        .backends
-        .conversations(request, false, async |mut client, request| {
-            client.list_conversations(request).await
-        })
-        .await
-        .map_err(refused)?;
+    let page = ask(&state, request, false, async |mut client, request| {
+        client.list_conversations(request).await
+    })
+    .await?;
     Ok(Json(ConversationsPage {
         conversations: page.conversations.into_iter().map(Into::into).collect(),
         next_cursor: next_cursor(page.next_cursor),
@@ -171,13 +186,10 @@ pub async fn get(
         user_id: caller.user_id,
         conversation_id,
     };
-    let conversation = state
-        .backends
-        .conversations(request, false, async |mut client, request| {
-            client.get_conversation(request).await
-        })
-        .await
-        .map_err(refused)?;
+    let conversation = ask(&state, request, false, async |mut client, request| {
+        client.get_conversation(request).await
+    })
+    .await?;
     Ok(Json(ConversationBody::from(conversation)).into_response())
 }
 
@@ -196,13 +208,10 @@ pub async fn rename(
         conversation_id,
         title,
     };
-    let renamed = state
-        .backends
-        .conversations(request, false, async |mut client, request| {
-            client.rename_conversation(request).await
-        })
-        .await
-        .map_err(refused)?;
+    let renamed = ask(&state, request, false, async |mut client, request| {
+        client.rename_conversation(request).await
+    })
+    .await?;
     Ok(Json(ConversationBody::from(renamed)).into_response())
 }
 
@@ -216,13 +225,10 @@ pub async fn delete(
         user_id: caller.user_id,
         conversation_id,
     };
-    state
-        .backends
-        .conversations(request, true, async |mut client, request| {
-            client.delete_conversation(request).await
-        })
-        .await
-        .map_err(refused)?;
+    ask(&state, request, true, async |mut client, request| {
+        client.delete_conversation(request).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -248,13 +254,10 @@ pub async fn messages(
         limit,
         cursor,
     };
-    let page = state
-        .backends
-        .conversations(request, false, async |mut client, request| {
-            client.list_conversation_messages(request).await
-        })
-        .await
-        .map_err(refused)?;
+    let page = ask(&state, request, false, async |mut client, request| {
+        client.list_conversation_messages(request).await
+    })
+    .await?;
     Ok(Json(MessagesPage {
         messages: page.messages.into_iter().map(Into::into).collect(),
         next_cursor: next_cursor(page.next_cursor),
@@ -271,12 +274,9 @@ pub async fn erase(
     let request = EraseUserRequest {
         user_id: caller.user_id,
     };
-    state
-        .backends
-        .conversations(request, true, async |mut client, request| {
-            client.erase_user(request).await
-        })
-        .await
-        .map_err(refused)?;
+    ask(&state, request, true, async |mut client, request| {
+        client.erase_user(request).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

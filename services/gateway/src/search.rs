@@ -63,6 +63,7 @@ pub async fn search(
                 conversation_id: query.conversation_id.unwrap_or_default(),
                 limit: query.limit.unwrap_or(20),
                 exclude_ids: Vec::new(),
+                skip_common_terms: false,
             },
             true,
         )

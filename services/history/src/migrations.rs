@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "save_keys",
         sql: include_str!("../../../deploy/mysql/migrations/0008_save_keys.sql"),
     },
+    Migration {
+        version: 9,
+        name: "keyword_terms",
+        sql: include_str!("../../../deploy/mysql/migrations/0009_keyword_terms.sql"),
+    },
 ];
 
 const LOCK: &str = "chat_history_migrations";
@@ -71,6 +76,8 @@ const LOCK: &str = "chat_history_migrations";
 /// Applies every migration the database has not seen; returns how many ran.
 pub async fn migrate(pool: &Pool) -> anyhow::Result<usize> {
     let mut connection = pool.get_conn().await?;
+    // Reset on its way back to the pool: no lock left on it (see `mysql_pool`).
+    connection.reset_connection(true);
     let locked: Option<i64> = connection
         .exec_first("SELECT GET_LOCK(?, 60)", (LOCK,))
         .await?;

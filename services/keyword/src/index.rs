@@ -1,11 +1,12 @@
-//! The inverted index in MySQL (tables from migration 0007), fed from the saved history.
+//! The inverted index in MySQL (tables from migrations 0007 and 0009), fed from the saved
+//! history.
 //!
 //! One replica at a time indexes: the one holding the MySQL named lock
 //! `chat_keyword_indexer:<md5 of the database name>` on a connection of its own (a replica that dies lets it go with
 //! its connection). It reads the messages saved since the newest indexed one, less a
 //! look-back of [`LOOKBACK_IDS`] ids for saves that committed out of id order, skips those
-//! already indexed, and writes each message's row, postings and the user's totals in one
-//! transaction (the `write` module). A message is only ever indexed after it was saved, and at most once: the
+//! already indexed, and writes each message's row, its postings, its terms' message counts
+//! and the user's totals in one transaction (the `write` module). A message is only ever indexed after it was saved, and at most once: the
 //! message row is `INSERT IGNORE`d first and the postings follow only when it went in.
 //!
 //! Deleted messages (a conversation deleted, the history erased) are never returned: a
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Pool, TxOpts};
+use mysql_async::{Conn, Pool, Transaction, TxOpts};
 
 use crate::error::KeywordError;
 use crate::metrics;
@@ -31,6 +32,55 @@ const LOOKBACK_IDS: i64 = 1000;
 const SWEEP_SPAN: i64 = 5000;
 /// The indexer lock's name, before the MD5 of the database's.
 const LOCK: &str = "chat_keyword_indexer:";
+/// The index's tables, every one with a `user_id` column.
+const TABLES: [&str; 4] = [
+    "keyword_postings",
+    "keyword_terms",
+    "keyword_docs",
+    "keyword_users",
+];
+
+/// Removes one message of `user_id` with `terms` terms from the index, unless another
+/// sweep did: its row, its terms' message counts, its postings and its part of the
+/// user's totals.
+async fn unindex(
+    tx: &mut Transaction<'_>,
+    message_id: i64,
+    user_id: &str,
+    terms: i64,
+) -> Result<(), mysql_async::Error> {
+    tx.exec_drop(
+        "DELETE FROM keyword_docs WHERE message_id = ?",
+        (message_id,),
+    )
+    .await?;
+    if tx.affected_rows() == 0 {
+        return Ok(());
+    }
+    tx.exec_drop(
+        "UPDATE keyword_terms t JOIN keyword_postings p \
+         ON p.user_id = t.user_id AND p.term = t.term \
+         SET t.docs = t.docs - 1 WHERE p.message_id = ?",
+        (message_id,),
+    )
+    .await?;
+    tx.exec_drop(
+        "DELETE FROM keyword_terms WHERE user_id = ? AND docs <= 0",
+        (user_id,),
+    )
+    .await?;
+    tx.exec_drop(
+        "DELETE FROM keyword_postings WHERE message_id = ?",
+        (message_id,),
+    )
+    .await?;
+    tx.exec_drop(
+        "UPDATE keyword_users SET docs = GREATEST(docs - 1, 0), \
+         total_terms = GREATEST(total_terms - ?, 0) WHERE user_id = ?",
+        (terms, user_id),
+    )
+    .await
+}
 
 /// A saved message to index.
 struct Saved {
@@ -117,24 +167,7 @@ impl Index {
                     .await?;
                 let mut tx = conn.start_transaction(TxOpts::default()).await?;
                 for (message_id, user_id, terms) in &gone {
-                    tx.exec_drop(
-                        "DELETE FROM keyword_postings WHERE message_id = ?",
-                        (message_id,),
-                    )
-                    .await?;
-                    tx.exec_drop(
-                        "DELETE FROM keyword_docs WHERE message_id = ?",
-                        (message_id,),
-                    )
-                    .await?;
-                    if tx.affected_rows() == 1 {
-                        tx.exec_drop(
-                            "UPDATE keyword_users SET docs = GREATEST(docs - 1, 0), \
-                             total_terms = GREATEST(total_terms - ?, 0) WHERE user_id = ?",
-                            (terms, user_id),
-                        )
-                        .await?;
-                    }
+                    unindex(&mut tx, *message_id, user_id, *terms).await?;
                 }
                 tx.commit().await?;
                 let next = if from + SWEEP_SPAN >= newest.unwrap_or(0) {
@@ -177,13 +210,13 @@ impl Index {
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
             match user_id {
                 Some(user) => {
-                    for table in ["keyword_postings", "keyword_docs", "keyword_users"] {
+                    for table in TABLES {
                         tx.exec_drop(format!("DELETE FROM {table} WHERE user_id = ?"), (user,))
                             .await?;
                     }
                 }
                 None => {
-                    for table in ["keyword_postings", "keyword_docs", "keyword_users"] {
+                    for table in TABLES {
                         tx.query_drop(format!("DELETE FROM {table}")).await?;
                     }
                 }
@@ -277,6 +310,8 @@ impl Index {
     async fn take_lock(&self) -> Option<Conn> {
         let attempt = async {
             let mut conn = self.mysql.get_conn().await?;
+            // Reset on its way back to the pool: no lock left on it (see `mysql_pool`).
+            conn.reset_connection(true);
             // Named locks are server-wide: the database's name makes it this index's
             // (another database on the same server has an indexer of its own).
             let held: Option<Option<i64>> = conn

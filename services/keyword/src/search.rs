@@ -1,9 +1,10 @@
 //! Search: one user's saved messages ranked by BM25 over the index's terms.
 //!
-//! Reads the user's totals (documents, terms), the newest postings of each of the
-//! query's terms (one index range each, on the user-first primary key), scores in memory, then reads the
-//! best messages from `chat_history` by id and user: a message deleted since it was
-//! indexed is simply not there, and another user's never could be.
+//! Reads the user's totals (documents, terms) and the number of the user's messages
+//! holding each query term, in one round trip; then the newest postings of the terms worth
+//! reading (one index range each, on the user-first primary key); scores in memory; then
+//! reads the best messages from `chat_history` by id and user: a message deleted since it
+//! was indexed is simply not there, and another user's never could be.
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,22 +29,48 @@ const MAX_QUERY_TERMS: usize = 16;
 /// (a search reads at most this many times `MAX_QUERY_TERMS` rows).
 const POSTINGS_PER_TERM: u32 = 50;
 const MAX_QUERY_CHARS: usize = 2000;
+/// Messages a user needs before a term in more than half of them counts as common: in a
+/// short history every word is in half the messages.
+const COMMON_AFTER_DOCS: i64 = 10;
 
-/// The score of each candidate message, best first.
-pub fn rank(
-    documents: i64,
-    total_terms: i64,
-    postings: &[(String, i64, i64, i64)],
-) -> Vec<(i64, f64)> {
-    let documents = documents.max(1) as f64;
-    let average = (total_terms.max(1) as f64 / documents).max(1.0);
-    let mut frequency: HashMap<&str, f64> = HashMap::new();
-    for (term, ..) in postings {
-        *frequency.entry(term.as_str()).or_default() += 1.0;
+/// What the index knows of one user before reading any posting.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages indexed.
+    pub documents: i64,
+    /// Terms in them, repeats included.
+    pub total_terms: i64,
+    /// Messages holding each term (of the query).
+    pub docs: HashMap<String, i64>,
+}
+
+impl Stats {
+    /// The query terms worth reading postings for: those in some message of the user's,
+    /// less, with `skip_common`, those in more than half of them (BM25 gives such a term
+    /// under ln 2 of weight, a rare one several times that; MySQL's natural-language
+    /// full-text search drops them alike).
+    pub fn terms_to_read<'a>(&self, terms: &'a [String], skip_common: bool) -> Vec<&'a String> {
+        terms
+            .iter()
+            .filter(|term| {
+                let docs = self.docs.get(*term).copied().unwrap_or(0);
+                docs > 0
+                    && !(skip_common
+                        && self.documents >= COMMON_AFTER_DOCS
+                        && docs * 2 > self.documents)
+            })
+            .collect()
     }
+}
+
+/// The score of each candidate message, best first, from its `postings` (term,
+/// message, count of the term in it, its length).
+pub fn rank(stats: &Stats, postings: &[(String, i64, i64, i64)]) -> Vec<(i64, f64)> {
+    let documents = stats.documents.max(1) as f64;
+    let average = (stats.total_terms.max(1) as f64 / documents).max(1.0);
     let mut scores: HashMap<i64, f64> = HashMap::new();
     for (term, message_id, tf, length) in postings {
-        let df = frequency[term.as_str()];
+        let df = stats.docs.get(term).copied().unwrap_or(1).max(1) as f64;
         let idf = (1.0 + (documents - df + 0.5) / (df + 0.5)).ln();
         let tf = *tf as f64;
         let norm = K1 * (1.0 - B + B * (*length as f64) / average);
@@ -69,9 +96,10 @@ impl Index {
         let (terms, limit) = self.checked_query(request)?;
         let user_id = request.user_id.as_str();
         let exclude: HashSet<i64> = request.exclude_ids.iter().copied().collect();
+        let skip_common = request.skip_common_terms;
         let rows = self
             .with_conn("select", async |conn| {
-                find(conn, user_id, &terms, &exclude, limit).await
+                find(conn, user_id, &terms, skip_common, &exclude, limit).await
             })
             .await?;
         let conversation = &request.conversation_id;
@@ -114,20 +142,17 @@ async fn find(
     conn: &mut Conn,
     user_id: &str,
     terms: &[String],
+    skip_common: bool,
     exclude: &HashSet<i64>,
     limit: usize,
 ) -> Result<Vec<Found>, mysql_async::Error> {
-    let totals: Option<(i64, i64)> = conn
-        .exec_first(
-            "SELECT docs, total_terms FROM keyword_users WHERE user_id = ?",
-            (user_id,),
-        )
-        .await?;
-    let Some((documents, total_terms)) = totals else {
+    let stats = stats(conn, user_id, terms).await?;
+    let terms = stats.terms_to_read(terms, skip_common);
+    if terms.is_empty() {
         return Ok(Vec::new());
-    };
-    let postings = read_postings(conn, user_id, terms).await?;
-    let ranked: Vec<(i64, f64)> = rank(documents, total_terms, &postings)
+    }
+    let postings = read_postings(conn, user_id, &terms).await?;
+    let ranked: Vec<(i64, f64)> = rank(&stats, &postings)
         .into_iter()
         .filter(|(id, _)| !exclude.contains(id))
         .take(limit * 2)
@@ -138,15 +163,51 @@ async fn find(
     read_messages(conn, user_id, &ranked).await
 }
 
+/// The user's totals and how many of the user's messages hold each of `terms`; all zero
+/// for a user with nothing indexed.
+async fn stats(
+    conn: &mut Conn,
+    user_id: &str,
+    terms: &[String],
+) -> Result<Stats, mysql_async::Error> {
+    // One round trip: the totals' row has no term.
+    let marks = vec!["?"; terms.len()].join(", ");
+    let mut params: Vec<Value> = vec![user_id.into(), user_id.into()];
+    params.extend(terms.iter().map(|term| Value::from(term.as_str())));
+    let rows: Vec<(Option<String>, i64, i64)> = conn
+        .exec(
+            format!(
+                "SELECT NULL, docs, total_terms FROM keyword_users WHERE user_id = ? \
+                 UNION ALL SELECT term, docs, 0 FROM keyword_terms \
+                 WHERE user_id = ? AND term IN ({marks})"
+            ),
+            Params::Positional(params),
+        )
+        .await?;
+    let mut stats = Stats::default();
+    for (term, docs, total_terms) in rows {
+        match term {
+            Some(term) => {
+                stats.docs.insert(term, docs);
+            }
+            None => {
+                stats.documents = docs;
+                stats.total_terms = total_terms;
+            }
+        }
+    }
+    Ok(stats)
+}
+
 /// The postings of `terms` in the user's messages, with each message's length.
 async fn read_postings(
     conn: &mut Conn,
     user_id: &str,
-    terms: &[String],
+    terms: &[&String],
 ) -> Result<Vec<(String, i64, i64, i64)>, mysql_async::Error> {
-    // Each term's newest postings, one backward index range each: a term in more
-    // messages than that counts as in that many (it tells little apart anyway), and a
-    // rare one, the kind that finds a fact, is exact.
+    // Each term's newest postings, one backward index range each: a common term's
+    // older messages are left out (it tells little apart anyway), and a rare one, the
+    // kind that finds a fact, is read whole.
     let per_term = format!(
         "(SELECT term, message_id, tf FROM keyword_postings \
          WHERE user_id = ? AND term = ? ORDER BY message_id DESC LIMIT {POSTINGS_PER_TERM})"
@@ -223,6 +284,17 @@ mod tests {
         (term.to_owned(), message, tf, length)
     }
 
+    fn stats(documents: i64, total_terms: i64, docs: &[(&str, i64)]) -> Stats {
+        Stats {
+            documents,
+            total_terms,
+            docs: docs
+                .iter()
+                .map(|(term, docs)| ((*term).to_owned(), *docs))
+                .collect(),
+        }
+    }
+
     #[test]
     fn rarer_terms_and_more_matches_rank_higher() {
         // 100 messages; "biscuit" in one, "dog" in ten.
@@ -232,7 +304,7 @@ mod tests {
             posting("dog", 2, 1, 5),
             posting("dog", 3, 3, 5),
         ];
-        let ranked = rank(100, 500, &postings);
+        let ranked = rank(&stats(100, 500, &[("biscuit", 1), ("dog", 10)]), &postings);
         assert_eq!(ranked[0].0, 1, "{ranked:?}");
         assert!(ranked[1].0 == 3 && ranked[2].0 == 2, "{ranked:?}");
     }
@@ -240,8 +312,41 @@ mod tests {
     #[test]
     fn longer_messages_weigh_a_match_less() {
         let postings = [posting("cat", 1, 1, 50), posting("cat", 2, 1, 5)];
-        let ranked = rank(10, 100, &postings);
+        let ranked = rank(&stats(10, 100, &[("cat", 2)]), &postings);
         assert_eq!(ranked[0].0, 2);
         assert!(ranked[0].1 > ranked[1].1);
+    }
+
+    #[test]
+    fn a_term_counts_by_the_messages_holding_it_not_the_postings_read() {
+        // "meeting" in 900 of 1,000 messages though only a few postings were read: it
+        // weighs next to nothing beside "zanzibar" in one.
+        let postings = [posting("meeting", 7, 1, 5), posting("zanzibar", 8, 1, 5)];
+        let ranked = rank(
+            &stats(1000, 5000, &[("meeting", 900), ("zanzibar", 1)]),
+            &postings,
+        );
+        assert_eq!(ranked[0].0, 8);
+        assert!(ranked[0].1 > 20.0 * ranked[1].1, "{ranked:?}");
+    }
+
+    #[test]
+    fn absent_terms_are_never_read_and_common_ones_only_when_asked() {
+        let terms: Vec<String> = ["meeting", "zanzibar", "unknown", "friday"]
+            .map(String::from)
+            .into();
+        let known = stats(
+            100,
+            500,
+            &[("meeting", 51), ("zanzibar", 1), ("friday", 50)],
+        );
+        assert_eq!(
+            known.terms_to_read(&terms, false),
+            [&terms[0], &terms[1], &terms[3]]
+        );
+        assert_eq!(known.terms_to_read(&terms, true), [&terms[1], &terms[3]]);
+        // In a short history nothing is common.
+        let short = stats(4, 20, &[("meeting", 4)]);
+        assert_eq!(short.terms_to_read(&terms, true), [&terms[0]]);
     }
 }

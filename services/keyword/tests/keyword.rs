@@ -5,7 +5,8 @@ use chat_history::History;
 use chat_keyword::{Index, Settings};
 use chat_proto::history_service_server::HistoryService;
 use chat_proto::keyword_service_server::KeywordService;
-use chat_proto::{NewMessage, ReindexRequest, Role, SaveRequest, SearchHit, SearchRequest};
+use chat_proto::{ReindexRequest, Role, SearchHit, SearchRequest};
+use chat_testing::history::save_request;
 use chat_testing::{TestDatabase, TestRedis};
 use mysql_async::prelude::Queryable;
 use tonic::Request;
@@ -47,21 +48,10 @@ async fn fixture() -> anyhow::Result<Fixture> {
 impl Fixture {
     /// Saves one exchange of `user` through the history service; returns the ids.
     async fn say(&self, user: &str, text: &str, reply: &str) -> anyhow::Result<Vec<i64>> {
-        let messages = [(Role::User, text), (Role::Assistant, reply)]
-            .into_iter()
-            .map(|(role, text)| NewMessage {
-                role: role.into(),
-                text: text.into(),
-                incomplete: false,
-            })
-            .collect();
+        let turns = [(Role::User, text), (Role::Assistant, reply)];
         Ok(self
             .history
-            .save(Request::new(SaveRequest {
-                user_id: user.into(),
-                messages,
-                ..SaveRequest::default()
-            }))
+            .save(Request::new(save_request(user, &turns)))
             .await?
             .into_inner()
             .ids)
@@ -79,11 +69,21 @@ impl Fixture {
     }
 
     async fn search(&self, user: &str, query: &str) -> anyhow::Result<Vec<SearchHit>> {
+        self.search_with(user, query, false).await
+    }
+
+    async fn search_with(
+        &self,
+        user: &str,
+        query: &str,
+        skip_common_terms: bool,
+    ) -> anyhow::Result<Vec<SearchHit>> {
         Ok(KeywordService::search(
             &self.index,
             Request::new(SearchRequest {
                 user_id: user.into(),
                 query: query.into(),
+                skip_common_terms,
                 ..SearchRequest::default()
             }),
         )
@@ -221,6 +221,10 @@ async fn deleted_messages_are_never_found_and_are_swept_from_the_index() -> anyh
             .await?,
         2
     );
+    let term_docs =
+        "SELECT COALESCE(SUM(docs), 0) FROM keyword_terms WHERE user_id = 'u1' AND term =";
+    assert_eq!(fixture.count(&format!("{term_docs} 'vault'")).await?, 0);
+    assert_eq!(fixture.count(&format!("{term_docs} 'code'")).await?, 1);
     Ok(())
 }
 
@@ -352,18 +356,11 @@ async fn bad_requests_are_invalid_arguments() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_rare_word_is_found_among_many_messages_sharing_a_common_one() -> anyhow::Result<()> {
-    let fixture = fixture().await?;
-    let fact = fixture
-        .say(
-            "u1",
-            "The meeting with Zanzibar Shipping moved to Friday",
-            "Noted",
-        )
-        .await?;
-    // More messages with "meeting" than a search reads per term.
-    for turn in 0..60 {
+const ZANZIBAR: &str = "The meeting with Zanzibar Shipping moved to Friday";
+
+/// `turns` exchanges of u1 about meetings, every message with the word "meeting".
+async fn meeting_notes(fixture: &Fixture, turns: usize) -> anyhow::Result<()> {
+    for turn in 0..turns {
         fixture
             .say(
                 "u1",
@@ -372,6 +369,15 @@ async fn a_rare_word_is_found_among_many_messages_sharing_a_common_one() -> anyh
             )
             .await?;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rare_word_is_found_among_many_messages_sharing_a_common_one() -> anyhow::Result<()> {
+    let fixture = fixture().await?;
+    let fact = fixture.say("u1", ZANZIBAR, "Noted").await?;
+    // More messages with "meeting" than a search reads per term.
+    meeting_notes(&fixture, 60).await?;
     fixture.catch_up().await?;
     let hits = fixture
         .search("u1", "When is the meeting with Zanzibar?")
@@ -381,5 +387,26 @@ async fn a_rare_word_is_found_among_many_messages_sharing_a_common_one() -> anyh
         Some(fact[0]),
         "{hits:#?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn retrieval_leaves_out_words_most_of_a_users_messages_share() -> anyhow::Result<()> {
+    let fixture = fixture().await?;
+    let fact = fixture.say("u1", ZANZIBAR, "Noted").await?;
+    meeting_notes(&fixture, 10).await?;
+    fixture.catch_up().await?;
+    let meeting = "SELECT docs FROM keyword_terms WHERE user_id = 'u1' AND term = 'meeting'";
+    assert_eq!(fixture.count(meeting).await?, 21);
+
+    // "meeting" is in 21 of the 22 messages: it tells none apart, so retrieval reads
+    // nothing for it, while a person searching for it still finds the newest.
+    assert!(fixture.search_with("u1", "meeting", true).await?.is_empty());
+    assert_eq!(fixture.search("u1", "meeting").await?.len(), 10);
+    let hits = fixture
+        .search_with("u1", "the meeting with Zanzibar?", true)
+        .await?;
+    let ids: Vec<i64> = hits.iter().map(|hit| hit.message_id).collect();
+    assert_eq!(ids, [fact[0]]);
     Ok(())
 }

@@ -45,6 +45,8 @@ pub async fn retrieve(
         user_id: user_id.to_owned(),
         query: text.chars().take(QUERY_CHARS).collect(),
         limit: HITS,
+        // A match on a word the user writes all the time is noise in a prompt.
+        skip_common_terms: true,
         ..SearchRequest::default()
     };
     let answer = backends

@@ -113,6 +113,8 @@ impl AccountStore {
     /// Inserts the user if there is no user at all; answers whether it did.
     pub async fn insert_first_user(&self, user: NewUser<'_>) -> Result<bool, AccountError> {
         let mut connection = self.connection().await?;
+        // Reset on its way back to the pool: no lock left on it (see `mysql_pool`).
+        connection.reset_connection(true);
         let lock = format!("SELECT GET_LOCK(?, {BOOTSTRAP_LOCK_WAIT_SECONDS})");
         let locked: Option<i64> = self
             .call_waiting(
