@@ -17,13 +17,7 @@ const PASSWORD: &str = "correct horse battery";
 async fn stack_with(
     adjust: impl FnOnce(&mut chat_testing::stack::Settings),
 ) -> anyhow::Result<Stack> {
-    Stack::start_with(|settings| {
-        settings.gateway.auth_mode = chat_gateway::AuthMode::Required;
-        settings.gateway.admin_api_key = Some(ADMIN.to_owned().into());
-        settings.gateway.admin_password = Some("first-admin-password".to_owned().into());
-        adjust(settings);
-    })
-    .await
+    Stack::start_with_auth(ADMIN, adjust).await
 }
 
 /// A request with an optional bearer key or session cookie; answers status and JSON.

@@ -22,7 +22,7 @@ use fantoccini::key::Key;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::Stack;
-use support::browser::{Browser, WAIT};
+use support::browser::{Browser, WAIT, triples};
 
 /// The steps on the chat page that only these tests take.
 trait ChatPage {
@@ -32,7 +32,15 @@ trait ChatPage {
     async fn settled(&self) -> anyhow::Result<()>;
     /// The rendered text of every message, in order: (role, text, incomplete).
     async fn messages(&self) -> anyhow::Result<Vec<(String, String, bool)>>;
+    /// Checks that the page shows exactly `expected`; `when` names the moment if not.
+    async fn ensure_shown(
+        &self,
+        expected: &[(String, String, bool)],
+        when: &str,
+    ) -> anyhow::Result<()>;
     async fn error_banner(&self) -> anyhow::Result<Option<String>>;
+    /// Types `text` into the composer and clicks Send.
+    async fn send(&self, text: &str) -> anyhow::Result<()>;
 }
 
 impl ChatPage for Browser {
@@ -60,11 +68,26 @@ impl ChatPage for Browser {
         self.rendered_messages().await
     }
 
+    async fn ensure_shown(
+        &self,
+        expected: &[(String, String, bool)],
+        when: &str,
+    ) -> anyhow::Result<()> {
+        let shown = self.messages().await?;
+        anyhow::ensure!(shown == expected, "{when}: {shown:?}");
+        Ok(())
+    }
+
     async fn error_banner(&self) -> anyhow::Result<Option<String>> {
         let shown = self
             .js("const e = document.getElementById('error'); return e.hidden ? null : e.innerText")
             .await?;
         Ok(shown.as_str().map(str::to_owned))
+    }
+
+    async fn send(&self, text: &str) -> anyhow::Result<()> {
+        self.type_message(text).await?;
+        self.click("#send").await
     }
 }
 
@@ -90,15 +113,9 @@ async fn a_sent_message_shows_the_reply_streamed_in() -> anyhow::Result<()> {
         browser.type_message(&Key::Enter.to_string()).await?;
         browser.replies_finished(1).await?;
 
-        anyhow::ensure!(
-            browser.messages().await?
-                == [
-                    owned("user", "Hello streaming world", false),
-                    owned("assistant", "echo: Hello streaming world", false),
-                ],
-            "messages: {:?}",
-            browser.messages().await?
-        );
+        browser
+            .ensure_shown(&pair("Hello streaming world"), "messages")
+            .await?;
         stack.ensure_the_provider_streamed()?;
         let usage = browser
             .js("return [...document.querySelectorAll('#messages .usage')].map((u) => u.innerText)")
@@ -151,12 +168,8 @@ async fn a_reload_shows_the_history_of_the_user() -> anyhow::Result<()> {
     stack.chat("u2", "a message of another user").await?;
     let outcome = async {
         browser.open(&stack.base).await?;
-        browser.type_message("first message").await?;
-        browser.click("#send").await?;
-        browser.replies_finished(1).await?;
-        browser.type_message("second message").await?;
-        browser.click("#send").await?;
-        browser.replies_finished(2).await?;
+        send_and_wait(&browser, "first message", 1).await?;
+        send_and_wait(&browser, "second message", 2).await?;
 
         browser.reload().await?;
         let expected = [
@@ -165,46 +178,35 @@ async fn a_reload_shows_the_history_of_the_user() -> anyhow::Result<()> {
             owned("user", "second message", false),
             owned("assistant", "echo: second message", false),
         ];
-        anyhow::ensure!(
-            browser.messages().await? == expected,
-            "after a reload: {:?}",
-            browser.messages().await?
-        );
+        browser.ensure_shown(&expected, "after a reload").await?;
 
         // Another user's history on a change of user, and back.
-        let user = browser.client.find(Locator::Css("#user-id")).await?;
-        user.clear().await?;
-        user.send_keys(&format!("u2{}", Key::Enter)).await?;
-        browser.settled().await?;
+        switch_user(&browser, "u2", 2).await?;
         browser
-            .wait_for(
-                "the other user's history",
-                "return document.querySelectorAll('#messages .msg').length === 2",
-            )
+            .ensure_shown(&pair("a message of another user"), "u2")
             .await?;
-        anyhow::ensure!(
-            browser.messages().await?
-                == [
-                    owned("user", "a message of another user", false),
-                    owned("assistant", "echo: a message of another user", false),
-                ],
-            "u2: {:?}",
-            browser.messages().await?
-        );
-        user.clear().await?;
-        user.send_keys(&format!("u1{}", Key::Enter)).await?;
-        browser.settled().await?;
-        browser
-            .wait_for(
-                "u1's history again",
-                "return document.querySelectorAll('#messages .msg').length === 4",
-            )
-            .await?;
-        anyhow::ensure!(browser.messages().await? == expected);
+        switch_user(&browser, "u1", 4).await?;
+        browser.ensure_shown(&expected, "u1 again").await?;
         Ok(())
     }
     .await;
     browser.finish(outcome).await
+}
+
+/// Types `user` into the user field and presses Enter, and waits until the page shows
+/// `count` messages of theirs.
+async fn switch_user(browser: &Browser, user: &str, count: usize) -> anyhow::Result<()> {
+    let field = browser.client.find(Locator::Css("#user-id")).await?;
+    field.clear().await?;
+    field.send_keys(&format!("{user}{}", Key::Enter)).await?;
+    browser.settled().await?;
+    browser
+        .wait_for(
+            &format!("{count} messages of {user}"),
+            &format!("return document.querySelectorAll('#messages .msg').length === {count}"),
+        )
+        .await?;
+    Ok(())
 }
 
 const PAYLOAD: &str =
@@ -262,11 +264,12 @@ async fn script_in_a_reply_or_the_history_stays_inert_text() -> anyhow::Result<(
     stack.provider.always(Upstream::Reply(PAYLOAD.to_owned()));
     let outcome = async {
         browser.open(&stack.base).await?;
-        browser
-            .type_message("<b>hi</b> <img src=y onerror=\"window.__pwned=2\">")
-            .await?;
-        browser.click("#send").await?;
-        browser.replies_finished(1).await?;
+        send_and_wait(
+            &browser,
+            "<b>hi</b> <img src=y onerror=\"window.__pwned=2\">",
+            1,
+        )
+        .await?;
         payload_is_inert(&browser, "streamed").await?;
 
         browser.reload().await?;
@@ -286,21 +289,12 @@ async fn a_rate_limited_send_says_when_to_retry() -> anyhow::Result<()> {
     let stack = Stack::start_with(|config| config.gateway.rate_limit_per_minute = 1).await?;
     let outcome = async {
         browser.open(&stack.base).await?;
-        browser.type_message("first").await?;
-        browser.click("#send").await?;
-        browser.replies_finished(1).await?;
-        browser.type_message("second").await?;
-        browser.click("#send").await?;
-        let shown = browser
-            .wait_for(
-                "the error banner",
-                "const e = document.getElementById('error'); return !e.hidden && e.innerText",
-            )
-            .await?;
-        let text = shown.as_str().unwrap_or_default();
+        send_and_wait(&browser, "first", 1).await?;
+        browser.send("second").await?;
+        let text = banner(&browser).await?;
         anyhow::ensure!(
             text.contains("Too many requests")
-                && regex::Regex::new(r"wait \d+ seconds? \(until .+\)")?.is_match(text),
+                && regex::Regex::new(r"wait \d+ seconds? \(until .+\)")?.is_match(&text),
             "the banner explains the rate limit and when to retry: {text:?}"
         );
         let role = browser
@@ -308,15 +302,7 @@ async fn a_rate_limited_send_says_when_to_retry() -> anyhow::Result<()> {
             .await?;
         anyhow::ensure!(role == "alert");
         // The refused message is not shown as sent, and is still there to send again.
-        anyhow::ensure!(
-            browser.messages().await?
-                == [
-                    owned("user", "first", false),
-                    owned("assistant", "echo: first", false)
-                ],
-            "{:?}",
-            browser.messages().await?
-        );
+        browser.ensure_shown(&pair("first"), "the messages").await?;
         let draft = browser
             .js("return document.getElementById('composer').value")
             .await?;
@@ -336,15 +322,10 @@ async fn stopping_a_reply_keeps_the_partial_text_marked_incomplete() -> anyhow::
     };
     let full: String = (1..=80).map(|n| format!("word{n} ")).collect();
     let full = full.trim_end().to_owned();
-    let stack = Stack::start().await?;
-    stack.provider.always(Upstream::Streamed {
-        text: full.clone(),
-        chunk_delay: Duration::from_millis(150),
-    });
+    let stack = streaming_stack(&full, Duration::from_millis(150)).await?;
     let outcome = async {
         browser.open(&stack.base).await?;
-        browser.type_message("tell me a long story").await?;
-        browser.click("#send").await?;
+        browser.send("tell me a long story").await?;
         browser
             .wait_for(
                 "some of the reply",
@@ -399,15 +380,15 @@ async fn stopping_a_reply_keeps_the_partial_text_marked_incomplete() -> anyhow::
         );
 
         browser.reload().await?;
-        anyhow::ensure!(
-            browser.messages().await?
-                == [
+        browser
+            .ensure_shown(
+                &[
                     owned("user", "tell me a long story", false),
                     owned("assistant", &saved, true),
                 ],
-            "after a reload: {:?}",
-            browser.messages().await?
-        );
+                "after a reload",
+            )
+            .await?;
         let flag = browser
             .js("return document.querySelector('#messages .turn.assistant .flag')?.innerText ?? ''")
             .await?;
@@ -420,6 +401,16 @@ async fn stopping_a_reply_keeps_the_partial_text_marked_incomplete() -> anyhow::
     }
     .await;
     browser.finish(outcome).await
+}
+
+/// A stack whose provider streams `text` as every reply, a chunk every `chunk_delay`.
+async fn streaming_stack(text: &str, chunk_delay: Duration) -> anyhow::Result<Stack> {
+    let stack = Stack::start().await?;
+    stack.provider.always(Upstream::Streamed {
+        text: text.to_owned(),
+        chunk_delay,
+    });
+    Ok(stack)
 }
 
 /// Waits for the error banner and answers its text.
@@ -450,28 +441,25 @@ async fn a_reply_cut_short_by_the_provider_is_kept_and_explained() -> anyhow::Re
     ]);
     let outcome = async {
         browser.open(&stack.base).await?;
-        browser.type_message("tell me five words").await?;
-        browser.click("#send").await?;
-        browser.replies_finished(1).await?;
+        send_and_wait(&browser, "tell me five words", 1).await?;
         let text = banner(&browser).await?;
         anyhow::ensure!(
             text.contains("language model") && text.contains("incomplete"),
             "the banner explains the broken reply: {text:?}"
         );
-        anyhow::ensure!(
-            browser.messages().await?
-                == [
+        browser
+            .ensure_shown(
+                &[
                     owned("user", "tell me five words", false),
                     owned("assistant", "alpha beta gamma", true),
                 ],
-            "{:?}",
-            browser.messages().await?
-        );
+                "the messages",
+            )
+            .await?;
 
         // The provider out of credit: refused before any text, explained in words.
         browser.click("#error-close").await?;
-        browser.type_message("hello again").await?;
-        browser.click("#send").await?;
+        browser.send("hello again").await?;
         let text = banner(&browser).await?;
         anyhow::ensure!(text.contains("out of credit"), "{text:?}");
         anyhow::ensure!(browser.messages().await?.len() == 2);
@@ -491,8 +479,7 @@ async fn a_blocked_message_and_a_spent_quota_are_explained() -> anyhow::Result<(
     let stack = Stack::start_with(|config| config.token.daily_limit = 100).await?;
     let outcome = async {
         browser.open(&stack.base).await?;
-        browser.type_message("foo bar").await?;
-        browser.click("#send").await?;
+        browser.send("foo bar").await?;
         let text = banner(&browser).await?;
         anyhow::ensure!(text.contains("blocked by the content filter"), "{text:?}");
 
@@ -503,8 +490,7 @@ async fn a_blocked_message_and_a_spent_quota_are_explained() -> anyhow::Result<(
             .await?
             .clear()
             .await?;
-        browser.type_message("hello").await?;
-        browser.click("#send").await?;
+        browser.send("hello").await?;
         let text = banner(&browser).await?;
         anyhow::ensure!(
             text.contains("too few tokens left today")
@@ -661,15 +647,10 @@ async fn a_reply_in_markdown_renders_tables_lists_and_code_with_a_copy_button() 
     else {
         return Ok(());
     };
-    let stack = Stack::start().await?;
-    stack.provider.always(Upstream::Streamed {
-        text: MARKDOWN_REPLY.to_owned(),
-        chunk_delay: Duration::from_millis(60),
-    });
+    let stack = streaming_stack(MARKDOWN_REPLY, Duration::from_millis(60)).await?;
     let outcome = async {
         browser.open(&stack.base).await?;
-        browser.type_message("show me everything").await?;
-        browser.click("#send").await?;
+        browser.send("show me everything").await?;
         // While it streams, a code fence not closed yet already shows as code.
         browser
             .wait_for(
@@ -728,19 +709,7 @@ async fn sidebar(browser: &Browser) -> anyhow::Result<Vec<(String, String, bool)
                     && li.querySelector('.conv-open')?.getAttribute('aria-current') === 'page'])",
         )
         .await?;
-    Ok(items
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|item| {
-            (
-                item[0].as_str().unwrap_or_default().to_owned(),
-                item[1].as_str().unwrap_or_default().to_owned(),
-                item[2].as_bool().unwrap_or_default(),
-            )
-        })
-        .collect())
+    Ok(triples(&items))
 }
 
 /// The conversation the address bar names (`?c=`).
@@ -753,9 +722,25 @@ async fn url_conversation(browser: &Browser) -> anyhow::Result<Option<String>> {
 
 /// Sends `text` from the composer and waits for the `replies`-th reply on the page.
 async fn send_and_wait(browser: &Browser, text: &str, replies: usize) -> anyhow::Result<()> {
-    browser.type_message(text).await?;
-    browser.click("#send").await?;
+    browser.send(text).await?;
     browser.replies_finished(replies).await
+}
+
+/// Opens the page, chats `first` (in a new conversation), then `second` in a new chat;
+/// answers the two conversations the address bar named.
+async fn two_conversations(
+    browser: &Browser,
+    stack: &Stack,
+    first: &str,
+    second: &str,
+) -> anyhow::Result<(String, String)> {
+    browser.open(&stack.base).await?;
+    send_and_wait(browser, first, 1).await?;
+    let first = url_conversation(browser).await?.unwrap_or_default();
+    browser.click("#new-chat").await?;
+    send_and_wait(browser, second, 1).await?;
+    let second = url_conversation(browser).await?.unwrap_or_default();
+    Ok((first, second))
 }
 
 /// Waits until the sidebar's entry `id` has a title other than the placeholder; answers it.
@@ -780,6 +765,18 @@ async fn click_conversation(browser: &Browser, id: &str, act: &str) -> anyhow::R
             "#conversations .conv[data-id=\"{id}\"] button[data-act=\"{act}\"]"
         ))
         .await
+}
+
+/// Deletes the sidebar's entry `id`, confirming in the dialog that asks first.
+async fn delete_confirmed(browser: &Browser, id: &str) -> anyhow::Result<()> {
+    click_conversation(browser, id, "delete").await?;
+    browser
+        .wait_for(
+            "the confirmation",
+            "return document.getElementById('delete-dialog').open",
+        )
+        .await?;
+    browser.click("#delete-confirm").await
 }
 
 /// Waits until the page shows conversation `id` with exactly `messages`.
@@ -839,18 +836,10 @@ async fn conversation_status(
     user: &str,
     id: &str,
 ) -> anyhow::Result<(reqwest::StatusCode, reqwest::StatusCode)> {
-    let one = stack
-        .http
-        .get(stack.url(&format!("/conversations/{id}?user_id={user}")))
-        .send()
-        .await?
-        .status();
-    let messages = stack
-        .http
-        .get(stack.url(&format!("/conversations/{id}/messages?user_id={user}")))
-        .send()
-        .await?
-        .status();
+    let status =
+        async |path: String| anyhow::Ok(stack.http.get(stack.url(&path)).send().await?.status());
+    let one = status(format!("/conversations/{id}?user_id={user}")).await?;
+    let messages = status(format!("/conversations/{id}/messages?user_id={user}")).await?;
     Ok((one, messages))
 }
 
@@ -964,12 +953,8 @@ async fn a_reload_or_a_shared_link_opens_the_conversation_and_an_unknown_one_say
         .ok_or_else(|| anyhow::anyhow!("u2 has no conversation"))?
         .to_owned();
     let outcome = async {
-        browser.open(&stack.base).await?;
-        send_and_wait(&browser, "first topic", 1).await?;
-        let first = url_conversation(&browser).await?.unwrap_or_default();
-        browser.click("#new-chat").await?;
-        send_and_wait(&browser, "second topic", 1).await?;
-        let second = url_conversation(&browser).await?.unwrap_or_default();
+        let (first, second) =
+            two_conversations(&browser, &stack, "first topic", "second topic").await?;
 
         // A link to the older one opens it, not the newest.
         browser.open(&format!("{}/?c={first}", stack.base)).await?;
@@ -1029,12 +1014,8 @@ async fn a_conversation_is_renamed_in_place_and_deleted_after_a_confirmation() -
     };
     let stack = Stack::start().await?;
     let outcome = async {
-        browser.open(&stack.base).await?;
-        send_and_wait(&browser, "older chat", 1).await?;
-        let older = url_conversation(&browser).await?.unwrap_or_default();
-        browser.click("#new-chat").await?;
-        send_and_wait(&browser, "newer chat", 1).await?;
-        let newer = url_conversation(&browser).await?.unwrap_or_default();
+        let (older, newer) =
+            two_conversations(&browser, &stack, "older chat", "newer chat").await?;
         titled(&browser, &older).await?;
         titled(&browser, &newer).await?;
 
@@ -1116,14 +1097,7 @@ async fn a_conversation_is_renamed_in_place_and_deleted_after_a_confirmation() -
         );
 
         // Confirmed: gone from the sidebar and the server, and the other one is opened.
-        click_conversation(&browser, &newer, "delete").await?;
-        browser
-            .wait_for(
-                "the confirmation",
-                "return document.getElementById('delete-dialog').open",
-            )
-            .await?;
-        browser.click("#delete-confirm").await?;
+        delete_confirmed(&browser, &newer).await?;
         showing(&browser, &older, &pair("older chat")).await?;
         let ids: Vec<_> = sidebar(&browser).await?.into_iter().map(|(id, _, _)| id).collect();
         anyhow::ensure!(ids == [older.clone()], "the sidebar after the delete: {ids:?}");
@@ -1134,14 +1108,7 @@ async fn a_conversation_is_renamed_in_place_and_deleted_after_a_confirmation() -
         );
 
         // Deleting the last one leaves an empty new chat.
-        click_conversation(&browser, &older, "delete").await?;
-        browser
-            .wait_for(
-                "the confirmation",
-                "return document.getElementById('delete-dialog').open",
-            )
-            .await?;
-        browser.click("#delete-confirm").await?;
+        delete_confirmed(&browser, &older).await?;
         browser
             .wait_for(
                 "an empty page with no conversations",
@@ -1167,11 +1134,8 @@ async fn on_a_phone_the_conversations_hide_behind_the_menu() -> anyhow::Result<(
     };
     let stack = Stack::start().await?;
     let outcome = async {
-        browser.open(&stack.base).await?;
-        send_and_wait(&browser, "first on a phone", 1).await?;
-        let first = url_conversation(&browser).await?.unwrap_or_default();
-        browser.click("#new-chat").await?;
-        send_and_wait(&browser, "second on a phone", 1).await?;
+        let (first, _) =
+            two_conversations(&browser, &stack, "first on a phone", "second on a phone").await?;
 
         let layout = "const s = document.getElementById('sidebar'), m = document.getElementById('menu'); \
             return [getComputedStyle(s).display !== 'none' && s.getBoundingClientRect().width > 0, \
@@ -1333,12 +1297,10 @@ async fn the_sidebar_and_a_long_conversation_load_every_page() -> anyhow::Result
 
 /// A stack with the keyword service, so `GET /search` answers.
 async fn searchable_stack() -> anyhow::Result<Stack> {
-    Stack::start_with(|settings| {
-        settings.with_keyword();
+    Stack::start_with_keyword(|settings| {
         // The deadline is tight for the chat path (300 ms); these tests are about the page,
         // and a debug build on a busy machine can take longer.
         settings.gateway.keyword_timeout_ms = 5_000;
-        settings.token.daily_limit = 10_000_000;
     })
     .await
 }
@@ -1378,14 +1340,7 @@ async fn indexed_hit(
 ) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let response = stack
-            .http
-            .get(stack.url("/search"))
-            .query(&[("user_id", user), ("q", query)])
-            .send()
-            .await?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await?;
+        let (status, body) = stack.search(user, query).await?;
         let found = body["results"].as_array().and_then(|hits| {
             hits.iter().find(|hit| {
                 hit["role"] == role && hit["text"].as_str().is_some_and(|t| t.contains(needle))
@@ -1472,6 +1427,17 @@ async fn opened_at(browser: &Browser, conversation: &str, message: &str) -> anyh
     Ok(())
 }
 
+/// Clicks the search result of message `message`, and waits until it is open in
+/// `conversation` as [`opened_at`] says.
+async fn open_result(browser: &Browser, conversation: &str, message: &str) -> anyhow::Result<()> {
+    browser
+        .click(&format!(
+            "#search-results .hit-open[data-msg=\"{message}\"]"
+        ))
+        .await?;
+    opened_at(browser, conversation, message).await
+}
+
 #[tokio::test]
 async fn a_search_opens_another_conversation_at_the_message_found() -> anyhow::Result<()> {
     let Some(browser) =
@@ -1548,10 +1514,7 @@ async fn a_search_opens_another_conversation_at_the_message_found() -> anyhow::R
         browser.screenshot("-results").await?;
 
         // Clicking it opens that conversation, scrolled to the message and marked.
-        browser
-            .click(&format!("#search-results .hit-open[data-msg=\"{message}\"]"))
-            .await?;
-        opened_at(&browser, &ferry, &message).await?;
+        open_result(&browser, &ferry, &message).await?;
         let last_in_view = browser
             .js(
                 "const t = [...document.querySelectorAll('#messages .turn')].pop(); \
@@ -1608,10 +1571,7 @@ async fn a_search_opens_another_conversation_at_the_message_found() -> anyhow::R
         search_for(&browser, "ferry Tangier").await?;
         search_status(&browser).await?;
         browser.screenshot("-phone-results").await?;
-        browser
-            .click(&format!("#search-results .hit-open[data-msg=\"{message}\"]"))
-            .await?;
-        opened_at(&browser, &ferry, &message).await?;
+        open_result(&browser, &ferry, &message).await?;
         let menu = browser
             .js("return [document.querySelector('.app').classList.contains('nav-open'), document.getElementById('menu').getAttribute('aria-expanded')]")
             .await?;
@@ -1663,10 +1623,7 @@ async fn markup_in_a_search_result_stays_inert_text() -> anyhow::Result<()> {
             );
         }
 
-        browser
-            .click(&format!("#search-results .hit-open[data-msg=\"{message}\"]"))
-            .await?;
-        opened_at(&browser, &marked, &message).await?;
+        open_result(&browser, &marked, &message).await?;
         let seen = browser.js(inert).await?;
         anyhow::ensure!(
             seen == json!(["undefined", 0, 1, []]),

@@ -89,12 +89,7 @@ async fn history_is_oldest_first_and_keeps_chinese_and_emoji() -> anyhow::Result
         let (status, _) = stack.chat("u1", text).await?;
         assert_eq!(status, StatusCode::OK);
     }
-    let texts: Vec<String> = stack
-        .history("u1")
-        .await?
-        .into_iter()
-        .map(|(_, text)| text)
-        .collect();
+    let texts = stack.history_texts("u1").await?;
     assert_eq!(
         texts,
         [
@@ -107,13 +102,7 @@ async fn history_is_oldest_first_and_keeps_chinese_and_emoji() -> anyhow::Result
         ]
     );
     // The second read comes from the cache and says the same.
-    let again: Vec<String> = stack
-        .history("u1")
-        .await?
-        .into_iter()
-        .map(|(_, text)| text)
-        .collect();
-    assert_eq!(again, texts);
+    assert_eq!(stack.history_texts("u1").await?, texts);
     Ok(())
 }
 
@@ -332,21 +321,53 @@ async fn a_provider_too_slow_for_the_deadline_is_504_and_refunded() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test]
-async fn a_spent_quota_is_429_with_retry_after_until_the_reset() -> anyhow::Result<()> {
-    let stack = Stack::start_with(|config| {
-        config.token.daily_limit = 400;
+/// A stack whose users may spend `limit` tokens a day, each chat reserving at least 50.
+async fn stack_with_daily_limit(limit: i64) -> anyhow::Result<Stack> {
+    Stack::start_with(|config| {
+        config.token.daily_limit = limit;
         config.gateway.min_reservation = 50;
     })
-    .await?;
+    .await
+}
+
+/// Checks the answers of concurrent chats of `u1` against a daily `limit`: each is a 200
+/// (which `answered` checks further) or a 429 `quota_exceeded`, both happened, the
+/// answered ones spent no more than the limit, and the quota left is exactly the limit
+/// minus the usage the callers were told.
+async fn ensure_the_quota_held(
+    stack: &Stack,
+    limit: i64,
+    results: &[(StatusCode, Value)],
+    answered: impl Fn(&Value),
+) -> anyhow::Result<()> {
+    let mut spent = 0;
+    let (mut ok, mut refused) = (0, 0);
+    for (status, body) in results {
+        match status.as_u16() {
+            200 => {
+                ok += 1;
+                spent += total_tokens(body);
+                answered(body);
+            }
+            429 => {
+                assert_eq!(body["error"], "quota_exceeded");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused");
+    assert!(spent <= limit, "spent {spent} of {limit}");
+    assert_eq!(stack.remaining("u1").await?, limit - spent);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spent_quota_is_429_with_retry_after_until_the_reset() -> anyhow::Result<()> {
+    let stack = stack_with_daily_limit(400).await?;
     let mut spent = 0;
     let refused = loop {
-        let response = stack
-            .http
-            .post(stack.url("/chat"))
-            .json(&json!({"user_id": "u1", "text": "tell me something"}))
-            .send()
-            .await?;
+        let response = stack.post_chat("u1", "tell me something").await?;
         if response.status() != StatusCode::OK {
             break response;
         }
@@ -367,32 +388,10 @@ async fn a_spent_quota_is_429_with_retry_after_until_the_reset() -> anyhow::Resu
 #[tokio::test]
 async fn fifty_concurrent_chats_never_spend_past_a_small_quota() -> anyhow::Result<()> {
     let limit = 1500;
-    let stack = Stack::start_with(|config| {
-        config.token.daily_limit = limit;
-        config.gateway.min_reservation = 50;
-    })
-    .await?;
+    let stack = stack_with_daily_limit(limit).await?;
     let chats = (0..50).map(|i| stack.chat("u1", if i % 2 == 0 { "hello there" } else { "hi" }));
     let results = futures::future::try_join_all(chats).await?;
-    let mut spent = 0;
-    let (mut ok, mut refused) = (0, 0);
-    for (status, body) in &results {
-        match status.as_u16() {
-            200 => {
-                ok += 1;
-                spent += total_tokens(body);
-            }
-            429 => {
-                assert_eq!(body["error"], "quota_exceeded");
-                refused += 1;
-            }
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused");
-    assert!(spent <= limit, "spent {spent} of {limit}");
-    assert_eq!(stack.remaining("u1").await?, limit - spent);
-    Ok(())
+    ensure_the_quota_held(&stack, limit, &results, |_| {}).await
 }
 
 #[tokio::test]
@@ -402,12 +401,7 @@ async fn the_rate_limiter_answers_429_at_once_with_retry_after() -> anyhow::Resu
         let (status, _) = stack.chat("u1", "hello").await?;
         assert_eq!(status, StatusCode::OK);
     }
-    let response = stack
-        .http
-        .post(stack.url("/chat"))
-        .json(&json!({"user_id": "u1", "text": "hello"}))
-        .send()
-        .await?;
+    let response = stack.post_chat("u1", "hello").await?;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry_after = retry_after(&response);
     assert!((1..=30).contains(&retry_after), "{retry_after}");
@@ -538,11 +532,7 @@ async fn a_provider_counting_twice_our_tokens_never_spends_past_the_limit() -> a
     // Reservations sized by our tokenizer alone let 120 concurrent chats spend 5,273 of
     // 5,000 against such a provider; calibrated per model, never past the limit.
     let limit = 5000;
-    let stack = Stack::start_with(|config| {
-        config.token.daily_limit = limit;
-        config.gateway.min_reservation = 50;
-    })
-    .await?;
+    let stack = stack_with_daily_limit(limit).await?;
     stack.provider.count_prompts_times(2.0);
     // Short replies: the prompt is most of each chat's cost.
     stack.provider.always(Upstream::Reply("Noted.".to_owned()));
@@ -560,29 +550,12 @@ async fn a_provider_counting_twice_our_tokens_never_spends_past_the_limit() -> a
         async move { stack.chat("u1", &text).await }
     });
     let results = futures::future::try_join_all(chats).await?;
-    let mut spent = 0;
-    let (mut ok, mut refused) = (0, 0);
-    for (status, body) in &results {
-        match status.as_u16() {
-            200 => {
-                ok += 1;
-                spent += total_tokens(body);
-                let usage = &body["usage"];
-                assert!(
-                    usage["prompt_tokens"].as_i64() > Some(200),
-                    "the provider counted the prompt double: {usage}"
-                );
-            }
-            429 => {
-                assert_eq!(body["error"], "quota_exceeded");
-                refused += 1;
-            }
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused");
-    assert!(spent <= limit, "spent {spent} of {limit}");
-    // Spending is exactly the usage the callers were told.
-    assert_eq!(stack.remaining("u1").await?, limit - spent);
-    Ok(())
+    ensure_the_quota_held(stack, limit, &results, |body| {
+        let usage = &body["usage"];
+        assert!(
+            usage["prompt_tokens"].as_i64() > Some(200),
+            "the provider counted the prompt double: {usage}"
+        );
+    })
+    .await
 }

@@ -40,11 +40,8 @@ async fn new_conversation(stack: &Stack, user: &str) -> anyhow::Result<String> {
 
 /// The contents of the messages the provider was sent in its latest request.
 fn last_prompt(stack: &Stack) -> Vec<String> {
-    let requests = stack.provider.requests();
-    requests
-        .last()
-        .and_then(|request| request["messages"].as_array().cloned())
-        .unwrap_or_default()
+    stack
+        .last_provider_messages()
         .iter()
         .filter_map(|message| message["content"].as_str().map(str::to_owned))
         .collect()
@@ -229,14 +226,8 @@ async fn a_deleted_conversation_leaves_mysql_and_the_cache_and_then_is_404() -> 
         "a 404 never reaches the model"
     );
     assert!(stack.remaining("u1").await? > 0);
-    let texts: Vec<String> = stack
-        .history("u1")
-        .await?
-        .into_iter()
-        .map(|(_, text)| text)
-        .collect();
     assert_eq!(
-        texts,
+        stack.history_texts("u1").await?,
         ["keep this", "echo: keep this"],
         "gone from /history too"
     );

@@ -70,32 +70,12 @@ impl Replicas {
 
     /// A user (with their own rate when given) and an API key of theirs.
     async fn user(&self, user_id: &str, rate: Option<u32>) -> anyhow::Result<String> {
+        let limits = match rate {
+            Some(rate) => json!({"rate_limit_per_minute": rate}),
+            None => json!({}),
+        };
         let gateway = self.stack.gateway();
-        let mut body = json!({"user_id": user_id});
-        if let Some(rate) = rate {
-            body["rate_limit_per_minute"] = rate.into();
-        }
-        let created = self
-            .http
-            .post(format!("{gateway}/admin/users"))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(created.status() == StatusCode::CREATED, "{created:?}");
-        let key: Value = self
-            .http
-            .post(format!("{gateway}/admin/users/{user_id}/keys"))
-            .bearer_auth(ADMIN)
-            .json(&json!({"name": "test"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        key["key"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow::anyhow!("no key in {key}"))
+        support::create_user_with_key(&self.http, gateway, ADMIN, user_id, limits, "test").await
     }
 
     /// A chat through gateway `index` (0-based, modulo their number).

@@ -26,10 +26,7 @@ async fn stack() -> anyhow::Result<Stack> {
 async fn stack_with(
     adjust: impl FnOnce(&mut chat_testing::stack::Settings),
 ) -> anyhow::Result<Stack> {
-    Stack::start_with(|settings| {
-        settings.gateway.auth_mode = chat_gateway::AuthMode::Required;
-        settings.gateway.admin_api_key = Some(ADMIN.to_owned().into());
-        settings.gateway.admin_password = Some("first-admin-password".to_owned().into());
+    Stack::start_with_auth(ADMIN, |settings| {
         settings.gateway.allowed_models = "gpt-other".to_owned();
         adjust(settings);
     })
@@ -38,31 +35,7 @@ async fn stack_with(
 
 /// Creates `user_id` with `limits` (`daily_limit`, `rate_limit_per_minute`) and a key.
 async fn key_for(stack: &Stack, user_id: &str, limits: Value) -> anyhow::Result<String> {
-    let mut user = json!({"user_id": user_id});
-    if let (Value::Object(user), Value::Object(limits)) = (&mut user, limits) {
-        user.extend(limits);
-    }
-    let created = stack
-        .http
-        .post(stack.url("/admin/users"))
-        .bearer_auth(ADMIN)
-        .json(&user)
-        .send()
-        .await?;
-    anyhow::ensure!(created.status() == StatusCode::CREATED, "{created:?}");
-    let key: Value = stack
-        .http
-        .post(stack.url(&format!("/admin/users/{user_id}/keys")))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "sdk"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    key["key"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no key in {key}"))
+    support::create_user_with_key(&stack.http, &stack.base, ADMIN, user_id, limits, "sdk").await
 }
 
 /// POSTs a completion; answers the response.

@@ -8,13 +8,14 @@
 //! Without that environment the test prints `SKIPPED` and passes, unless `CI` is set:
 //! then it fails, since CI must run them. `CHAT_PYTHON` names another interpreter.
 
+mod support;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chat_testing::stack::{self, Backing, Stack};
 use chat_testing::{FakeOpenAi, TestDatabase, TestRedis};
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "python-admin-key";
@@ -39,29 +40,7 @@ async fn key_for(
     user_id: &str,
     limits: Value,
 ) -> anyhow::Result<String> {
-    let mut user = json!({"user_id": user_id});
-    if let (Value::Object(user), Value::Object(limits)) = (&mut user, limits) {
-        user.extend(limits);
-    }
-    let created = http
-        .post(format!("{gateway}/admin/users"))
-        .bearer_auth(ADMIN)
-        .json(&user)
-        .send()
-        .await?;
-    anyhow::ensure!(created.status() == StatusCode::CREATED, "{created:?}");
-    let key: Value = http
-        .post(format!("{gateway}/admin/users/{user_id}/keys"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "python"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    key["key"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no key in {key}"))
+    support::create_user_with_key(http, gateway, ADMIN, user_id, limits, "python").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,11 +12,7 @@ use serde_json::Value;
 use support::Stack;
 
 async fn stack() -> anyhow::Result<Stack> {
-    Stack::start_with(|settings| {
-        settings.with_keyword();
-        settings.token.daily_limit = 10_000_000;
-    })
-    .await
+    Stack::start_with_keyword(|_| {}).await
 }
 
 /// A chat that must answer 200; its body.
@@ -31,21 +27,11 @@ async fn chat_in(
     Ok(body)
 }
 
-async fn search(stack: &Stack, user: &str, query: &str) -> anyhow::Result<(StatusCode, Value)> {
-    let response = stack
-        .http
-        .get(stack.url("/search"))
-        .query(&[("user_id", user), ("q", query)])
-        .send()
-        .await?;
-    Ok((response.status(), response.json().await?))
-}
-
 /// Waits until the keyword service has indexed a message of `user` containing `needle`.
 async fn indexed(stack: &Stack, user: &str, query: &str, needle: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = search(stack, user, query).await?;
+        let (status, body) = stack.search(user, query).await?;
         if status == StatusCode::OK
             && body["results"].as_array().is_some_and(|hits| {
                 hits.iter()
@@ -75,11 +61,8 @@ fn texts(found: &Value) -> Vec<String> {
 
 /// The text of every message of the provider's last request.
 fn last_prompt(stack: &Stack) -> Vec<(String, String)> {
-    let requests = stack.provider.requests();
-    requests
-        .last()
-        .and_then(|request| request["messages"].as_array().cloned())
-        .unwrap_or_default()
+    stack
+        .last_provider_messages()
         .iter()
         .map(|message| {
             (
@@ -165,7 +148,7 @@ async fn another_users_and_deleted_messages_are_never_retrieved() -> anyhow::Res
     indexed(&stack, "bob", "Rex", "Rex").await?;
     indexed(&stack, "alice", "Biscuit", "Biscuit").await?;
 
-    let (_, found) = search(&stack, "alice", "Rex dog").await?;
+    let (_, found) = stack.search("alice", "Rex dog").await?;
     assert!(
         texts(&found).iter().all(|text| !text.contains("Rex")),
         "{found}"
@@ -200,7 +183,7 @@ async fn another_users_and_deleted_messages_are_never_retrieved() -> anyhow::Res
             .all(|(_, text)| !text.contains("Rex") && !text.contains("Biscuit")),
         "{prompt:#?}"
     );
-    let (_, found) = search(&stack, "alice", "Biscuit").await?;
+    let (_, found) = stack.search("alice", "Biscuit").await?;
     assert_eq!(found["results"], serde_json::json!([]), "{found}");
     Ok(())
 }
@@ -210,7 +193,7 @@ async fn search_answers_the_callers_matches_with_highlights() -> anyhow::Result<
     let stack = stack().await?;
     chat_in(&stack, "u1", None, "Deploying the gateway on Kubernetes").await?;
     indexed(&stack, "u1", "kubernetes", "Kubernetes").await?;
-    let (status, body) = search(&stack, "u1", "kubernetes gateway").await?;
+    let (status, body) = stack.search("u1", "kubernetes gateway").await?;
     assert_eq!(status, StatusCode::OK);
     let hit = &body["results"][0];
     assert_eq!(hit["role"], "user");
@@ -233,7 +216,7 @@ async fn search_answers_the_callers_matches_with_highlights() -> anyhow::Result<
     assert_eq!(marked, ["gateway", "Kubernetes"]);
 
     for query in ["", "the of"] {
-        let (status, body) = search(&stack, "u1", query).await?;
+        let (status, body) = stack.search("u1", query).await?;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query:?}: {body}");
         assert_eq!(body["code"], "invalid_field", "{body}");
     }
@@ -251,7 +234,7 @@ async fn chats_go_on_without_the_keyword_service() -> anyhow::Result<()> {
         let (status, body) = stack.chat("u1", text).await?;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let (status, body) = search(&stack, "u1", "dog").await?;
+    let (status, body) = stack.search("u1", "dog").await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["service"], "keyword", "{body}");
     Ok(())

@@ -135,12 +135,7 @@ async fn a_key_authenticates_its_user_until_revoked() -> anyhow::Result<()> {
     }
 
     // The listing shows when it was used, and no secret.
-    let listed = server
-        .client()
-        .list_keys(get("alice"))
-        .await?
-        .into_inner()
-        .keys;
+    let listed = server.keys("alice").await?;
     assert_eq!(listed.len(), 1);
     assert!(listed[0].last_used_at_unix_ms.is_some(), "{listed:?}");
     let secret = created.key.rsplit('-').next().unwrap_or_default();
@@ -153,12 +148,7 @@ async fn a_key_authenticates_its_user_until_revoked() -> anyhow::Result<()> {
         (Code::Unauthenticated, "invalid credential".to_owned())
     );
     server.revoke(&info.key_id).await?; // again: still revoked, not an error
-    let listed = server
-        .client()
-        .list_keys(get("alice"))
-        .await?
-        .into_inner()
-        .keys;
+    let listed = server.keys("alice").await?;
     assert!(listed[0].revoked_at_unix_ms.is_some());
     assert_eq!(code(server.revoke("zzzzzzzzzzzz").await), Code::NotFound);
     assert_eq!(code(server.revoke("not a key id").await), Code::NotFound);

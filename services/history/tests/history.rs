@@ -3,9 +3,12 @@
 use chat_history::{History, Settings};
 use chat_proto::history_service_server::HistoryService;
 use chat_proto::{ListRequest, ListResponse, NewMessage, Role, SaveRequest};
+use chat_testing::history::save_request;
 use chat_testing::{TestDatabase, TestRedis};
 use mysql_async::prelude::Queryable;
 use tonic::Request;
+
+mod support;
 
 fn settings(db: &TestDatabase, redis: &TestRedis) -> Settings {
     Settings {
@@ -18,20 +21,8 @@ fn settings(db: &TestDatabase, redis: &TestRedis) -> Settings {
 }
 
 async fn save(history: &History, user: &str, turns: &[(Role, &str)]) -> anyhow::Result<Vec<i64>> {
-    let messages = turns
-        .iter()
-        .map(|(role, text)| NewMessage {
-            role: (*role).into(),
-            text: (*text).into(),
-            incomplete: false,
-        })
-        .collect();
     Ok(history
-        .save(Request::new(SaveRequest {
-            user_id: user.into(),
-            messages,
-            ..SaveRequest::default()
-        }))
+        .save(Request::new(save_request(user, turns)))
         .await?
         .into_inner()
         .ids)
@@ -123,17 +114,12 @@ async fn the_cache_keeps_the_newest_forty_in_step_with_mysql() -> anyhow::Result
 #[tokio::test]
 async fn migrations_are_idempotent_and_upgrade_the_original_table() -> anyhow::Result<()> {
     let (db, redis) = (TestDatabase::new().await?, TestRedis::new().await?);
-    // The table exactly as the original Go service created it, in a legacy charset.
     let pool = mysql_async::Pool::new(chat_history::mysql_opts(&db.url)?);
-    let mut connection = pool.get_conn().await?;
-    connection
-        .query_drop(include_str!("fixtures/original_table.sql"))
-        .await?;
-    connection
-        .query_drop(
-            "INSERT INTO chat_history (user_id, role, text) VALUES ('u1', 'user', 'old message')",
-        )
-        .await?;
+    let mut connection = support::original_table_with(
+        &pool,
+        "INSERT INTO chat_history (user_id, role, text) VALUES ('u1', 'user', 'old message')",
+    )
+    .await?;
     let history = History::connect(&settings(&db, &redis)).await?;
     assert_eq!(
         chat_history::migrate(&pool).await?,

@@ -6,6 +6,8 @@ use chat_testing::TestDatabase;
 use mysql_async::Pool;
 use mysql_async::prelude::Queryable;
 
+mod support;
+
 const INDEX: &str = "idx_chat_history_user_id_id";
 
 fn pool(db: &TestDatabase) -> anyhow::Result<Pool> {
@@ -138,17 +140,13 @@ async fn a_failure_late_in_a_file_fails_the_whole_file() -> anyhow::Result<()> {
 async fn the_original_table_becomes_one_conversation_per_user() -> anyhow::Result<()> {
     let db = TestDatabase::new().await?;
     let pool = pool(&db)?;
-    let mut connection = pool.get_conn().await?;
-    connection
-        .query_drop(include_str!("fixtures/original_table.sql"))
-        .await?;
-    connection
-        .query_drop(
-            "INSERT INTO chat_history (user_id, role, text) VALUES
-               ('u1', 'user', 'hello'), ('u1', 'assistant', 'hi there'),
-               ('u2', 'user', 'bonjour'), ('u1', 'user', 'again')",
-        )
-        .await?;
+    let mut connection = support::original_table_with(
+        &pool,
+        "INSERT INTO chat_history (user_id, role, text) VALUES
+           ('u1', 'user', 'hello'), ('u1', 'assistant', 'hi there'),
+           ('u2', 'user', 'bonjour'), ('u1', 'user', 'again')",
+    )
+    .await?;
     chat_history::migrate(&pool).await?;
     let conversations: Vec<(String, String, String, i64)> = connection
         .query("SELECT id, user_id, title, message_count FROM conversations ORDER BY user_id")

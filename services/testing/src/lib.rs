@@ -10,6 +10,7 @@
 //! create databases). `deploy/dev/deps.sh up` starts both natively.
 
 pub mod accounts;
+pub mod history;
 mod mysql;
 pub mod openai;
 mod own_mariadb;

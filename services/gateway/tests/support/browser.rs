@@ -241,18 +241,27 @@ impl Browser {
                     m.classList.contains('incomplete')])",
             )
             .await?;
-        Ok(items
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|item| {
-                (
-                    item[0].as_str().unwrap_or_default().to_owned(),
-                    item[1].as_str().unwrap_or_default().trim().to_owned(),
-                    item[2].as_bool().unwrap_or_default(),
-                )
-            })
+        Ok(triples(&items)
+            .into_iter()
+            .map(|(role, text, incomplete)| (role, text.trim().to_owned(), incomplete))
             .collect())
     }
+}
+
+/// A script's answer of `[text, text, flag]` rows (the page's messages, the sidebar's
+/// entries) as tuples; a missing or mistyped field reads as empty or `false`.
+pub fn triples(items: &Value) -> Vec<(String, String, bool)> {
+    items
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|item| {
+            (
+                item[0].as_str().unwrap_or_default().to_owned(),
+                item[1].as_str().unwrap_or_default().to_owned(),
+                item[2].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect()
 }

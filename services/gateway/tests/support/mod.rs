@@ -55,6 +55,34 @@ impl Stack {
         })
     }
 
+    /// A stack with authentication required, `admin_key` as the admin API key and a first
+    /// admin password set; `adjust` changes the settings further.
+    pub async fn start_with_auth(
+        admin_key: &str,
+        adjust: impl FnOnce(&mut stack::Settings),
+    ) -> anyhow::Result<Self> {
+        Self::start_with(|settings| {
+            settings.gateway.auth_mode = chat_gateway::AuthMode::Required;
+            settings.gateway.admin_api_key = Some(admin_key.to_owned().into());
+            settings.gateway.admin_password = Some("first-admin-password".to_owned().into());
+            adjust(settings);
+        })
+        .await
+    }
+
+    /// A stack with the keyword service (so `GET /search` answers) and a daily limit no
+    /// test reaches; `adjust` changes the settings further.
+    pub async fn start_with_keyword(
+        adjust: impl FnOnce(&mut stack::Settings),
+    ) -> anyhow::Result<Self> {
+        Self::start_with(|settings| {
+            settings.with_keyword();
+            settings.token.daily_limit = 10_000_000;
+            adjust(settings);
+        })
+        .await
+    }
+
     /// The provider's last request asked for a stream.
     pub fn ensure_the_provider_streamed(&self) -> anyhow::Result<()> {
         let asked = self.provider.requests();
@@ -69,6 +97,16 @@ impl Stack {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The messages (role and content objects) of the provider's last request; none
+    /// before the first.
+    pub fn last_provider_messages(&self) -> Vec<Value> {
+        self.provider
+            .requests()
+            .last()
+            .and_then(|request| request["messages"].as_array().cloned())
+            .unwrap_or_default()
     }
 
     /// A connection to the stack's own MySQL database, for what the API does not show.
@@ -107,12 +145,28 @@ impl Stack {
         Ok((response.status(), response.json().await?))
     }
 
-    /// POSTs a chat; answers the status and the JSON body.
-    pub async fn chat(&self, user_id: &str, text: &str) -> anyhow::Result<(StatusCode, Value)> {
-        let response = self
+    /// POSTs a chat; answers the response as it came, headers and all.
+    pub async fn post_chat(&self, user_id: &str, text: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
             .http
             .post(self.url("/chat"))
             .json(&serde_json::json!({"user_id": user_id, "text": text}))
+            .send()
+            .await?)
+    }
+
+    /// POSTs a chat; answers the status and the JSON body.
+    pub async fn chat(&self, user_id: &str, text: &str) -> anyhow::Result<(StatusCode, Value)> {
+        let response = self.post_chat(user_id, text).await?;
+        Ok((response.status(), response.json().await?))
+    }
+
+    /// `GET /search` for `user`; answers the status and the JSON body.
+    pub async fn search(&self, user: &str, query: &str) -> anyhow::Result<(StatusCode, Value)> {
+        let response = self
+            .http
+            .get(self.url("/search"))
+            .query(&[("user_id", user), ("q", query)])
             .send()
             .await?;
         Ok((response.status(), response.json().await?))
@@ -126,6 +180,16 @@ impl Stack {
             .await?
             .iter()
             .map(|item| (text(item, "role"), text(item, "text")))
+            .collect())
+    }
+
+    /// The texts of the user's history, oldest first.
+    pub async fn history_texts(&self, user_id: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .history(user_id)
+            .await?
+            .into_iter()
+            .map(|(_, text)| text)
             .collect())
     }
 
@@ -169,6 +233,42 @@ impl Stack {
             .as_i64()
             .ok_or_else(|| anyhow::anyhow!("no remaining in {body}"))
     }
+}
+
+/// Creates `user_id` through the admin API of the gateway at `gateway` (`admin_key` as
+/// the admin's bearer key), with `limits` (a JSON object such as `{"daily_limit": 10}`)
+/// added to the request, and answers a new API key of theirs named `key_name`.
+pub async fn create_user_with_key(
+    http: &reqwest::Client,
+    gateway: &str,
+    admin_key: &str,
+    user_id: &str,
+    limits: Value,
+    key_name: &str,
+) -> anyhow::Result<String> {
+    let mut user = serde_json::json!({"user_id": user_id});
+    if let (Value::Object(user), Value::Object(limits)) = (&mut user, limits) {
+        user.extend(limits);
+    }
+    let created = http
+        .post(format!("{gateway}/admin/users"))
+        .bearer_auth(admin_key)
+        .json(&user)
+        .send()
+        .await?;
+    anyhow::ensure!(created.status() == StatusCode::CREATED, "{created:?}");
+    let key: Value = http
+        .post(format!("{gateway}/admin/users/{user_id}/keys"))
+        .bearer_auth(admin_key)
+        .json(&serde_json::json!({"name": key_name}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    key["key"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no key in {key}"))
 }
 
 pub fn total_tokens(body: &Value) -> i64 {

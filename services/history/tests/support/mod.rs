@@ -1,5 +1,6 @@
 //! A history server of the test's own (`chat_history::run` on a port-0 listener, its
-//! own MySQL database and Redis prefix), and the account calls the tests make on it.
+//! own MySQL database and Redis prefix), the account calls the tests make on it, and the
+//! original service's table for the migrations to upgrade.
 
 #![allow(dead_code)]
 
@@ -9,11 +10,12 @@ use std::time::Duration;
 use chat_history::Settings;
 use chat_proto::account_service_client::AccountServiceClient;
 use chat_proto::{
-    AuthenticateRequest, CreateKeyRequest, CreateUserRequest, CreatedKey, GetUserRequest,
+    ApiKey, AuthenticateRequest, CreateKeyRequest, CreateUserRequest, CreatedKey, GetUserRequest,
     LoginRequest, LoginResponse, Principal, RevokeKeyRequest, SessionRequest, UpdateUserRequest,
     User,
 };
 use chat_testing::{TestDatabase, TestRedis};
+use mysql_async::prelude::Queryable;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -99,6 +101,16 @@ impl Server {
         Ok(self.client().authenticate(request).await?.into_inner())
     }
 
+    /// The API keys of `user_id` as the server lists them.
+    pub async fn keys(&self, user_id: &str) -> Result<Vec<ApiKey>, Status> {
+        Ok(self
+            .client()
+            .list_keys(get(user_id))
+            .await?
+            .into_inner()
+            .keys)
+    }
+
     pub async fn revoke(&self, key_id: &str) -> Result<(), Status> {
         let request = RevokeKeyRequest {
             key_id: key_id.into(),
@@ -148,6 +160,21 @@ impl Server {
         let pool = mysql_async::Pool::new(chat_history::mysql_opts(&self.db.url)?);
         Ok(pool.get_conn().await?)
     }
+}
+
+/// A connection to `pool`'s database holding the table exactly as the original Go
+/// service created it (`fixtures/original_table.sql`, in a legacy charset, before any
+/// migration), with `insert` (an `INSERT` of its rows) run on it.
+pub async fn original_table_with(
+    pool: &mysql_async::Pool,
+    insert: &str,
+) -> anyhow::Result<mysql_async::Conn> {
+    let mut connection = pool.get_conn().await?;
+    connection
+        .query_drop(include_str!("../fixtures/original_table.sql"))
+        .await?;
+    connection.query_drop(insert).await?;
+    Ok(connection)
 }
 
 pub fn get(user_id: &str) -> GetUserRequest {
