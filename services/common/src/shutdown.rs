@@ -10,9 +10,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The default of every service's `SHUTDOWN_GRACE_SECS`.
 pub const DEFAULT_GRACE_SECS: u64 = 20;
@@ -87,6 +89,18 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         self.tasks.spawn(work)
+    }
+
+    /// Runs the task `start` makes, in the current span, as one the drain waits for, and
+    /// waits for the first thing it sends on the channel `start` is given (a stream's
+    /// opening, say); `None` if the task ended without sending it.
+    pub async fn open<T, F>(&self, start: impl FnOnce(oneshot::Sender<T>) -> F) -> Option<T>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (sender, receiver) = oneshot::channel();
+        self.spawn(start(sender).in_current_span());
+        receiver.await.ok()
     }
 
     /// Tracked tasks running now.

@@ -13,7 +13,6 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::ApiError;
@@ -95,20 +94,20 @@ pub async fn chat_stream(
 ) -> Result<Response, ApiError> {
     let (caller, text, conversation) = admit_chat(&state, &headers, body).await?;
     let permit = state.admission.open_stream(&caller.user_id)?;
-    let (head, answer) = oneshot::channel();
-    let task = crate::chat::chat_stream(
+    let (backends, policy, stopping) = (
         state.backends.clone(),
         state.policy.clone(),
-        caller,
-        text,
-        conversation,
-        head,
         state.stopping.clone(),
     );
-    state.stopping.spawn(task.in_current_span());
-    let events = answer.await.map_err(|_| {
-        ApiError::dependency("gateway", tonic::Status::internal("chat task ended"))
-    })??;
+    let events = state
+        .stopping
+        .open(|head| {
+            crate::chat::chat_stream(backends, policy, caller, text, conversation, head, stopping)
+        })
+        .await
+        .ok_or_else(|| {
+            ApiError::dependency("gateway", tonic::Status::internal("chat task ended"))
+        })??;
     Ok(crate::admission::sse_holding(permit, events, sse_event))
 }
 

@@ -40,7 +40,6 @@ use axum::routing::{any, get, post};
 use axum::{Extension, Json, Router};
 use chat_common::user::validate_user_id;
 use chat_proto::{CompleteRequest, CompleteResponse};
-use tokio::sync::oneshot;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
@@ -164,20 +163,22 @@ async fn streamed(
             return Err(refused.into());
         }
     };
-    let (opened, opening) = oneshot::channel();
-    let task = stream::run(
-        state.backends.clone(),
-        exchange,
-        llm_request,
-        head,
-        include_usage,
-        opened,
-        state.stopping.clone(),
-    );
-    state.stopping.spawn(task.in_current_span());
-    let events = opening
+    let (backends, stopping) = (state.backends.clone(), state.stopping.clone());
+    let events = state
+        .stopping
+        .open(|opened| {
+            stream::run(
+                backends,
+                exchange,
+                llm_request,
+                head,
+                include_usage,
+                opened,
+                stopping,
+            )
+        })
         .await
-        .map_err(|_| task_failed("the completion task ended".to_owned()))??;
+        .ok_or_else(|| task_failed("the completion task ended".to_owned()))??;
     Ok(crate::admission::sse_holding(permit, events, sse_event))
 }
 
