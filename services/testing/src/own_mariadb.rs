@@ -16,6 +16,8 @@ use crate::signal::{self, Signal};
 
 /// How long a start, or a restart after a crash (InnoDB recovers first), may take.
 const START_WITHIN: Duration = Duration::from_secs(60);
+/// Tries at installing and at starting.
+const START_ATTEMPTS: u32 = 3;
 
 pub struct OwnMariadb {
     pub port: u16,
@@ -30,34 +32,31 @@ impl OwnMariadb {
     /// starts the server on a free port and waits until it answers, with a database
     /// `chatdb` made.
     pub async fn start(parent: &Path) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
         let dir = parent.join(format!("mariadb-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
         let dir = dir.canonicalize()?;
-        let installed = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.join("data").display()))
-            .arg(format!("--user={}", user_name().await))
-            .args(["--skip-test-db", "--auth-root-authentication-method=normal"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .map_err(|error| {
-                anyhow::anyhow!("cannot run mariadb-install-db ({error}); install mariadb-server")
-            })?;
-        anyhow::ensure!(
-            installed.success(),
-            "mariadb-install-db failed: {installed}"
-        );
+        if let Err(error) = install(&dir).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(error);
+        }
         let mut mariadb = Self {
-            port,
+            port: 0,
             dir,
             server: None,
         };
-        mariadb.launch().await?;
+        // A free port can be taken by another test's server between our asking for it
+        // and mariadbd binding it: then ours exits, and another port is tried.
+        for attempt in 1..=START_ATTEMPTS {
+            mariadb.port = free_port()?;
+            match mariadb.launch().await {
+                Ok(()) => break,
+                Err(error) if attempt < START_ATTEMPTS => {
+                    tracing::warn!(%error, attempt, "mariadbd did not start; another port");
+                    mariadb.kill().await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
         let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&mariadb.url(""))?);
         let mut connection = pool.get_conn().await?;
         connection
@@ -149,11 +148,16 @@ impl OwnMariadb {
         loop {
             let attempt = tokio::time::timeout(Duration::from_secs(2), async {
                 let mut connection = mysql_async::Conn::new(opts.clone()).await?;
-                connection.query_drop("SELECT 1").await?;
-                connection.disconnect().await
+                let datadir: Option<String> = connection.query_first("SELECT @@datadir").await?;
+                connection.disconnect().await?;
+                Ok::<_, mysql_async::Error>(datadir)
             })
             .await;
-            if matches!(attempt, Ok(Ok(()))) {
+            // Only our own server counts: another one answering on the port means ours
+            // could not bind it (and is about to exit).
+            if let Ok(Ok(Some(datadir))) = attempt
+                && Path::new(datadir.trim_end_matches('/')) == self.dir.join("data")
+            {
                 return Ok(());
             }
             if let Some(server) = self.server.as_mut()
@@ -184,6 +188,44 @@ impl Drop for OwnMariadb {
     }
 }
 
+/// Makes a fresh data directory in `dir`, trying again on a failure (seen once under
+/// a full parallel test run), with what the tool said when it keeps failing.
+async fn install(dir: &Path) -> anyhow::Result<()> {
+    let data = dir.join("data");
+    let mut said = String::new();
+    for _ in 0..START_ATTEMPTS {
+        let _ = std::fs::remove_dir_all(&data);
+        let output = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--user={}", user_name().await))
+            .args(["--skip-test-db", "--auth-root-authentication-method=normal"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!("cannot run mariadb-install-db ({error}); install mariadb-server")
+            })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        said = format!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("mariadb-install-db failed {START_ATTEMPTS} times; last: {said}")
+}
+
+/// A port nothing listens on now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Who runs this (mariadbd refuses to run as root without `--user=root`).
 async fn user_name() -> String {
     let named = Command::new("id").arg("-un").output().await;
@@ -192,5 +234,31 @@ async fn user_name() -> String {
             String::from_utf8_lossy(&output.stdout).trim().to_owned()
         }
         _ => std::env::var("USER").unwrap_or_else(|_| "root".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn another_server_on_the_port_is_not_taken_for_ours() -> anyhow::Result<()> {
+        let parent = std::env::temp_dir();
+        let first = OwnMariadb::start(&parent).await?;
+        let dir = parent.join(format!("mariadb-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        install(&dir).await?;
+        // As when another test's server bound the port between our asking and binding.
+        let mut second = OwnMariadb {
+            port: first.port,
+            dir: dir.canonicalize()?,
+            server: None,
+        };
+        let launched = second.launch().await;
+        assert!(
+            launched.is_err(),
+            "the first server was taken for the second"
+        );
+        Ok(())
     }
 }
