@@ -10,23 +10,34 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 /// (`docs/perf/history.svg`, against `history-after.svg`).
 const IDLE_TTL: Duration = Duration::from_secs(60);
 
+/// Whether a connection going back to the pool keeps its prepared statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statements {
+    /// Not reset on return (mysql_async resets by default): the reset is a round trip,
+    /// and it drops the connection's prepared statements, so the next call on it would
+    /// prepare its statement again, another round trip. For a fixed set of statements.
+    Keep,
+    /// Reset on return: for SQL whose text varies with its input (`IN` lists, multi-row
+    /// inserts), where kept statements are seldom reused and only take memory (the
+    /// keyword service grew 14 MiB a minute in the soak keeping them).
+    Reset,
+}
+
 /// A pool of 1 to `max` connections to the MySQL of `dsn` (see [`mysql_opts`]) that keeps
 /// the connections a load needs for [`IDLE_TTL`] after it.
 ///
-/// A connection going back to the pool is not reset (mysql_async resets by default): the
-/// reset is a round trip, and it drops the connection's prepared statements, so the next
-/// call on it prepares its statement again, another round trip. Nothing here leaves session
-/// state behind (a dropped transaction is rolled back by mysql_async either way), except
-/// named locks: a connection that takes one opts back in with `reset_connection(true)`,
-/// so a lock its holder could not release is not handed to the next caller.
-pub fn mysql_pool(dsn: &str, max: usize) -> anyhow::Result<Pool> {
+/// Nothing here leaves session state on a connection (a dropped transaction is rolled
+/// back by mysql_async either way) except named locks: a connection that takes one opts
+/// into the reset with `reset_connection(true)`, so a lock its holder could not release is
+/// not handed to the next caller.
+pub fn mysql_pool(dsn: &str, max: usize, statements: Statements) -> anyhow::Result<Pool> {
     let constraints =
         PoolConstraints::new(1, max).ok_or_else(|| anyhow::anyhow!("invalid MySQL pool size"))?;
     let opts = OptsBuilder::from_opts(mysql_opts(dsn)?).pool_opts(
         PoolOpts::default()
             .with_constraints(constraints)
             .with_inactive_connection_ttl(IDLE_TTL)
-            .with_reset_connection(false),
+            .with_reset_connection(statements == Statements::Reset),
     );
     Ok(Pool::new(opts))
 }

@@ -42,7 +42,7 @@ use chat_proto::history_service_server::HistoryServiceServer;
 use tokio::net::TcpListener;
 
 pub use accounts::{AccountError, Accounts};
-pub use dsn::{mysql_opts, mysql_pool};
+pub use dsn::{Statements, mysql_opts, mysql_pool};
 pub use error::HistoryError;
 pub use migrations::migrate;
 pub use readiness::{mysql_ping, mysql_ping_pool};

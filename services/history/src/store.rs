@@ -155,5 +155,9 @@ impl History {
 }
 
 fn mysql_pool(settings: &Settings) -> anyhow::Result<Pool> {
-    crate::mysql_pool(settings.mysql_dsn.expose_secret(), 32)
+    crate::mysql_pool(
+        settings.mysql_dsn.expose_secret(),
+        32,
+        crate::Statements::Keep,
+    )
 }

@@ -34,7 +34,11 @@ pub use terms::{Analyzer, highlights};
 
 /// The index over the MySQL of `settings`, once the tables exist.
 pub async fn connect(settings: &Settings) -> anyhow::Result<Index> {
-    let pool = chat_history::mysql_pool(settings.mysql_dsn.expose_secret(), 16)?;
+    let pool = chat_history::mysql_pool(
+        settings.mysql_dsn.expose_secret(),
+        16,
+        chat_history::Statements::Reset,
+    )?;
     wait_for_tables(&pool).await?;
     let analyzer = tokio::task::spawn_blocking({
         let dict = settings.keyword_dict.clone();
