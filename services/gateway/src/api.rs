@@ -94,15 +94,18 @@ pub async fn chat_stream(
 ) -> Result<Response, ApiError> {
     let (caller, text, conversation) = admit_chat(&state, &headers, body).await?;
     let permit = state.admission.open_stream(&caller.user_id)?;
-    let (backends, policy, stopping) = (
-        state.backends.clone(),
-        state.policy.clone(),
-        state.stopping.clone(),
-    );
     let events = state
         .stopping
         .open(|head| {
-            crate::chat::chat_stream(backends, policy, caller, text, conversation, head, stopping)
+            crate::chat::chat_stream(
+                state.backends.clone(),
+                state.policy.clone(),
+                caller,
+                text,
+                conversation,
+                head,
+                state.stopping.clone(),
+            )
         })
         .await
         .ok_or_else(|| {

@@ -75,7 +75,8 @@ impl Replicas {
             None => json!({}),
         };
         let gateway = self.stack.gateway();
-        support::create_user_with_key(&self.http, gateway, ADMIN, user_id, limits, "test").await
+        chat_testing::accounts::make_user_with(&self.http, gateway, ADMIN, user_id, limits, "test")
+            .await
     }
 
     /// A chat through gateway `index` (0-based, modulo their number).

@@ -35,7 +35,8 @@ async fn stack_with(
 
 /// Creates `user_id` with `limits` (`daily_limit`, `rate_limit_per_minute`) and a key.
 async fn key_for(stack: &Stack, user_id: &str, limits: Value) -> anyhow::Result<String> {
-    support::create_user_with_key(&stack.http, &stack.base, ADMIN, user_id, limits, "sdk").await
+    chat_testing::accounts::make_user_with(&stack.http, &stack.base, ADMIN, user_id, limits, "sdk")
+        .await
 }
 
 /// POSTs a completion; answers the response.

@@ -40,7 +40,7 @@ async fn key_for(
     user_id: &str,
     limits: Value,
 ) -> anyhow::Result<String> {
-    support::create_user_with_key(http, gateway, ADMIN, user_id, limits, "python").await
+    chat_testing::accounts::make_user_with(http, gateway, ADMIN, user_id, limits, "python").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,48 +40,6 @@ const TABLES: [&str; 4] = [
     "keyword_users",
 ];
 
-/// Removes one message of `user_id` with `terms` terms from the index, unless another
-/// sweep did: its row, its terms' message counts, its postings and its part of the
-/// user's totals.
-async fn unindex(
-    tx: &mut Transaction<'_>,
-    message_id: i64,
-    user_id: &str,
-    terms: i64,
-) -> Result<(), mysql_async::Error> {
-    tx.exec_drop(
-        "DELETE FROM keyword_docs WHERE message_id = ?",
-        (message_id,),
-    )
-    .await?;
-    if tx.affected_rows() == 0 {
-        return Ok(());
-    }
-    tx.exec_drop(
-        "UPDATE keyword_terms t JOIN keyword_postings p \
-         ON p.user_id = t.user_id AND p.term = t.term \
-         SET t.docs = t.docs - 1 WHERE p.message_id = ?",
-        (message_id,),
-    )
-    .await?;
-    tx.exec_drop(
-        "DELETE FROM keyword_terms WHERE user_id = ? AND docs <= 0",
-        (user_id,),
-    )
-    .await?;
-    tx.exec_drop(
-        "DELETE FROM keyword_postings WHERE message_id = ?",
-        (message_id,),
-    )
-    .await?;
-    tx.exec_drop(
-        "UPDATE keyword_users SET docs = GREATEST(docs - 1, 0), \
-         total_terms = GREATEST(total_terms - ?, 0) WHERE user_id = ?",
-        (terms, user_id),
-    )
-    .await
-}
-
 /// A saved message to index.
 struct Saved {
     id: i64,
@@ -309,9 +267,9 @@ impl Index {
     /// A connection holding the indexer lock, if no other replica holds it.
     async fn take_lock(&self) -> Option<Conn> {
         let attempt = async {
+            // The pool resets every connection on return (`Statements::Reset`), so a lock
+            // is never handed on with one.
             let mut conn = self.mysql.get_conn().await?;
-            // Reset on its way back to the pool: no lock left on it (see `mysql_pool`).
-            conn.reset_connection(true);
             // Named locks are server-wide: the database's name makes it this index's
             // (another database on the same server has an indexer of its own).
             let held: Option<Option<i64>> = conn
@@ -333,4 +291,49 @@ impl Index {
             Err(_) => None,
         }
     }
+}
+
+/// Removes one message of `user_id` with `terms` terms from the index, unless another
+/// sweep did: its row, its terms' message counts, its postings and its part of the
+/// user's totals.
+async fn unindex(
+    tx: &mut Transaction<'_>,
+    message_id: i64,
+    user_id: &str,
+    terms: i64,
+) -> Result<(), mysql_async::Error> {
+    tx.exec_drop(
+        "DELETE FROM keyword_docs WHERE message_id = ?",
+        (message_id,),
+    )
+    .await?;
+    if tx.affected_rows() == 0 {
+        return Ok(());
+    }
+    tx.exec_drop(
+        "UPDATE keyword_terms t JOIN keyword_postings p \
+         ON p.user_id = t.user_id AND p.term = t.term \
+         SET t.docs = t.docs - 1 WHERE p.message_id = ?",
+        (message_id,),
+    )
+    .await?;
+    // Only this message's terms can have reached zero.
+    tx.exec_drop(
+        "DELETE t FROM keyword_terms t JOIN keyword_postings p \
+         ON p.user_id = t.user_id AND p.term = t.term \
+         WHERE p.message_id = ? AND t.docs <= 0",
+        (message_id,),
+    )
+    .await?;
+    tx.exec_drop(
+        "DELETE FROM keyword_postings WHERE message_id = ?",
+        (message_id,),
+    )
+    .await?;
+    tx.exec_drop(
+        "UPDATE keyword_users SET docs = GREATEST(docs - 1, 0), \
+         total_terms = GREATEST(total_terms - ?, 0) WHERE user_id = ?",
+        (terms, user_id),
+    )
+    .await
 }

@@ -14,10 +14,30 @@ pub async fn make_user(
     user_id: &str,
     key_name: &str,
 ) -> anyhow::Result<String> {
+    let limits = serde_json::json!({"daily_limit": DAILY_LIMIT});
+    make_user_with(http, gateway, admin_key, user_id, limits, key_name).await
+}
+
+/// As [`make_user`], with the user's fields (`daily_limit`, `rate_limit_per_minute`, ...)
+/// from `fields`, a JSON object.
+pub async fn make_user_with(
+    http: &reqwest::Client,
+    gateway: &str,
+    admin_key: &str,
+    user_id: &str,
+    fields: serde_json::Value,
+    key_name: &str,
+) -> anyhow::Result<String> {
+    let mut user = serde_json::json!({"user_id": user_id});
+    if let (serde_json::Value::Object(user), serde_json::Value::Object(fields)) =
+        (&mut user, fields)
+    {
+        user.extend(fields);
+    }
     let created = http
         .post(format!("{gateway}/admin/users"))
         .bearer_auth(admin_key)
-        .json(&serde_json::json!({"user_id": user_id, "daily_limit": DAILY_LIMIT}))
+        .json(&user)
         .send()
         .await?;
     anyhow::ensure!(

@@ -43,3 +43,12 @@ where
         tracing::warn!(%error, "test clean-up failed");
     }
 }
+
+/// A loopback port free now, for a server to bind later (one that takes an address, not
+/// a socket). Another process may take it meanwhile: a server that cannot bind it must
+/// fail loudly, and its launcher try another.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -47,7 +47,7 @@ impl OwnMariadb {
         // A free port can be taken by another test's server between our asking for it
         // and mariadbd binding it: then ours exits, and another port is tried.
         for attempt in 1..=START_ATTEMPTS {
-            mariadb.port = free_port()?;
+            mariadb.port = crate::free_port()?;
             match mariadb.launch().await {
                 Ok(()) => break,
                 Err(error) if attempt < START_ATTEMPTS => {
@@ -217,13 +217,6 @@ async fn install(dir: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     anyhow::bail!("mariadb-install-db failed {START_ATTEMPTS} times; last: {said}")
-}
-
-/// A port nothing listens on now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Who runs this (mariadbd refuses to run as root without `--user=root`).

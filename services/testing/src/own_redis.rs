@@ -56,9 +56,7 @@ impl OwnRedis {
     }
 
     async fn launch(cluster: bool, persistent: bool) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("own-redis-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
         let mut redis = Self {

@@ -163,18 +163,17 @@ async fn streamed(
             return Err(refused.into());
         }
     };
-    let (backends, stopping) = (state.backends.clone(), state.stopping.clone());
     let events = state
         .stopping
         .open(|opened| {
             stream::run(
-                backends,
+                state.backends.clone(),
                 exchange,
                 llm_request,
                 head,
                 include_usage,
                 opened,
-                stopping,
+                state.stopping.clone(),
             )
         })
         .await

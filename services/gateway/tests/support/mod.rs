@@ -235,42 +235,6 @@ impl Stack {
     }
 }
 
-/// Creates `user_id` through the admin API of the gateway at `gateway` (`admin_key` as
-/// the admin's bearer key), with `limits` (a JSON object such as `{"daily_limit": 10}`)
-/// added to the request, and answers a new API key of theirs named `key_name`.
-pub async fn create_user_with_key(
-    http: &reqwest::Client,
-    gateway: &str,
-    admin_key: &str,
-    user_id: &str,
-    limits: Value,
-    key_name: &str,
-) -> anyhow::Result<String> {
-    let mut user = serde_json::json!({"user_id": user_id});
-    if let (Value::Object(user), Value::Object(limits)) = (&mut user, limits) {
-        user.extend(limits);
-    }
-    let created = http
-        .post(format!("{gateway}/admin/users"))
-        .bearer_auth(admin_key)
-        .json(&user)
-        .send()
-        .await?;
-    anyhow::ensure!(created.status() == StatusCode::CREATED, "{created:?}");
-    let key: Value = http
-        .post(format!("{gateway}/admin/users/{user_id}/keys"))
-        .bearer_auth(admin_key)
-        .json(&serde_json::json!({"name": key_name}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    key["key"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no key in {key}"))
-}
-
 pub fn total_tokens(body: &Value) -> i64 {
     body["usage"]["total_tokens"].as_i64().unwrap_or(-1)
 }

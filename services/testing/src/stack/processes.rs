@@ -8,6 +8,7 @@ use std::process::Stdio;
 use tokio::process::{Child, Command};
 
 use super::{API_KEY, BACKENDS, Backing, Running, Stack};
+use crate::free_port;
 
 /// How to start the stack as processes.
 #[derive(Debug, Clone)]
@@ -20,14 +21,6 @@ pub struct Processes {
     /// Environment of every process, over what the launcher sets (`OTEL_*`, limits,
     /// deadlines).
     pub env: Vec<(String, String)>,
-}
-
-/// A port free now, for a process to bind later: the services take an address to bind,
-/// not a socket.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn binary(dir: &Path, service: &str) -> anyhow::Result<PathBuf> {
