@@ -208,6 +208,12 @@ impl Caller {
             let response = match request.await {
                 Ok(response) => response,
                 Err(error) if error.is_connect() => return Outcome::Refused,
+                // Sending failed on a connection the gateway closed as the request went
+                // out: a kept-alive connection closed at shutdown (HTTP/1.1's keep-alive
+                // race). No handler saw it; had one, the lost-turn check would show it.
+                Err(error) if error.is_request() && !error.is_timeout() => {
+                    return Outcome::Refused;
+                }
                 Err(error) => return Outcome::Undocumented(format!("request: {error}")),
             };
             let status = response.status().as_u16();
