@@ -54,6 +54,10 @@ pub struct Options {
     pub gateways: Vec<usize>,
     /// Client count of the scale-out cases.
     pub scale_concurrency: usize,
+    /// Only the cases named one of these, or one of these and a qualifier (`chat c=1`
+    /// takes `chat c=1 RETRIEVAL=off`, not `chat c=128`); all when empty. For a quick
+    /// comparison of a few cases; the derived figures of absent cases are left out.
+    pub only: Vec<String>,
     pub redis_addr: String,
     pub mysql_dsn: String,
 }
@@ -68,6 +72,7 @@ impl Options {
             concurrency: vec![32, 128],
             gateways: vec![1, 2, 4],
             scale_concurrency: 64,
+            only: Vec::new(),
             redis_addr,
             mysql_dsn,
         }
@@ -161,6 +166,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
         &keys,
     );
     cases::add_no_retrieval_case(&mut cases, gateways.no_retrieval, &keys);
+    if !options.only.is_empty() {
+        cases.retain(|case| options.only.iter().any(|name| is_named(&case.name, name)));
+    }
     warm_up(options, &client, &gateways, &keys, &users).await;
     measure(options, &client, &stack, &upstream, &mut cases).await;
     let results = cases
@@ -176,7 +184,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
             )
         })
         .collect();
-    Ok(Results::new(results, stack.peak_rss_mib(), options))
+    let mut results = Results::new(results, stack.peak_rss_mib(), options);
+    results.metrics = scrape(&client, &stack).await;
+    Ok(results)
 }
 
 /// One user with a key per client the busiest case runs: as keys, and as the users
@@ -257,6 +267,27 @@ async fn measure(
             case.sample.add(sample);
         }
     }
+}
+
+/// Whether `case` is `name`, or `name` and a qualifier.
+fn is_named(case: &str, name: &str) -> bool {
+    case.strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+}
+
+/// Every process's `/metrics` at the end of the run (the per-hop latencies say where a
+/// chat's time went), by process name; a process that did not answer is left out.
+async fn scrape(client: &reqwest::Client, stack: &Stack) -> Vec<(String, String)> {
+    let mut scraped = Vec::new();
+    for (name, url) in &stack.metrics {
+        let answer = client.get(url).timeout(Duration::from_secs(5)).send().await;
+        if let Ok(response) = answer
+            && let Ok(text) = response.text().await
+        {
+            scraped.push((name.clone(), text));
+        }
+    }
+    scraped
 }
 
 /// Clients of the warm-up's chats.

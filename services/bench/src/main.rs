@@ -1,5 +1,7 @@
-//! `chat-bench [--seconds N] [--rounds N] [--out DIR]`: runs the benchmark against the
-//! release binaries next to this one, prints the table, writes JSON and SVG to DIR.
+//! `chat-bench [--seconds N] [--rounds N] [--only CASE]... [--out DIR]`: runs the benchmark
+//! against the release binaries next to this one (only the cases named by an `--only`,
+//! or so named and qualified, when given), prints the table, writes JSON and SVG to DIR, and every
+//! process's `/metrics` at the end as `metrics-NAME.txt`.
 //!
 //! `chat-bench soak [--seconds N] [--clients N] [--out DIR]`: the soak (`make soak`)
 //! against the binaries next to this one, debug or release; prints the table, writes
@@ -51,10 +53,11 @@ fn servers(run: &str, database: &str) -> (String, String) {
 
 /// Writes a run's `files` (name, content) into `out`, and says where, in that order.
 #[allow(clippy::print_stdout)]
-fn write_out(out: &std::path::Path, files: &[(&str, String)]) -> anyhow::Result<()> {
+fn write_out(out: &std::path::Path, files: &[(impl AsRef<str>, String)]) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let mut written = Vec::new();
     for (name, content) in files {
+        let name = name.as_ref();
         std::fs::write(out.join(name), content)?;
         written.push(format!("{}/{name}", out.display()));
     }
@@ -109,7 +112,8 @@ async fn bench(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => options.seconds_per_case = value(&mut args, &arg)?.parse()?,
-            "--rounds" => options.rounds = value(&mut args, &arg)?.parse()?,
+"--rounds" => options.rounds = value(&mut args, &arg)?.parse()?,
+            "--only" => options.only.push(value(&mut args, &arg)?),
             "--out" => out = PathBuf::from(value(&mut args, &arg)?),
             other => anyhow::bail!("unknown argument {other}; see the module docs"),
         }
@@ -117,10 +121,14 @@ async fn bench(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let results = chat_bench::run(&options).await?;
     println!("{}", results.table());
     let json = serde_json::to_string_pretty(&results)?;
-    write_out(
-        &out,
-        &[("results.json", json), ("throughput.svg", results.svg())],
-    )?;
+    let mut files = vec![
+        ("results.json".to_owned(), json),
+        ("throughput.svg".to_owned(), results.svg()),
+    ];
+    for (process, text) in &results.metrics {
+        files.push((format!("metrics-{process}.txt"), text.clone()));
+    }
+    write_out(&out, &files)?;
     anyhow::ensure!(
         results.errors() == 0,
         "{} requests failed",

@@ -110,6 +110,10 @@ pub struct Results {
     pub overload_p99_ratio: Option<f64>,
     pub overload_shed_share: Option<f64>,
     pub peak_rss_mib: BTreeMap<String, f64>,
+    /// Every process's `/metrics` text at the end, by name: written beside the results,
+    /// not into them.
+    #[serde(skip)]
+    pub metrics: Vec<(String, String)>,
 }
 
 impl Results {
@@ -163,6 +167,7 @@ impl Results {
             overload_p99_ratio,
             overload_shed_share,
             peak_rss_mib,
+            metrics: Vec::new(),
         }
     }
 

@@ -228,6 +228,7 @@ impl Backends {
             user_id: user_id.to_owned(),
             limit,
             conversation_id: conversation_id.to_owned(),
+            ..ListRequest::default()
         });
         Ok(self
             .history
@@ -236,6 +237,30 @@ impl Backends {
             .await?
             .into_inner()
             .messages)
+    }
+
+    /// The user's most recently active conversation (created when they have none) and
+    /// its newest `limit` messages, in one call.
+    pub async fn latest_context(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> Result<(String, Vec<StoredMessage>), Status> {
+        let request = self.history_deadline.unary(ListRequest {
+            user_id: user_id.to_owned(),
+            limit,
+            latest_conversation: true,
+            ..ListRequest::default()
+        });
+        let answer = self.history.clone().list(request).await?.into_inner();
+        if answer.conversation_id.is_empty() {
+            // A history service from before `latest_conversation` (a rolling upgrade):
+            // it answered the user's messages, not a conversation's. Ask as it knows.
+            let latest = self.latest_conversation(user_id).await?;
+            let earlier = self.context(user_id, &latest.id, limit).await?;
+            return Ok((latest.id, earlier));
+        }
+        Ok((answer.conversation_id, answer.messages))
     }
 
     /// The user's most recently active conversation, created when they have none.

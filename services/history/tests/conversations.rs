@@ -72,6 +72,7 @@ impl Fixture {
             user_id: user.into(),
             limit: 0,
             conversation_id: conversation.into(),
+            ..ListRequest::default()
         };
         Ok(self.history.list(Request::new(request)).await?.into_inner())
     }

@@ -57,6 +57,7 @@ async fn list(history: &History, conversation_id: &str) -> anyhow::Result<ListRe
         user_id: "ann".into(),
         limit: 20,
         conversation_id: conversation_id.into(),
+        ..ListRequest::default()
     };
     Ok(history.list(Request::new(request)).await?.into_inner())
 }

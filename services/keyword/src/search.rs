@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use chat_common::user::validate_user_id;
 use chat_proto::{Role, SearchHit, SearchRequest, TextRange};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Params, Value};
+use mysql_async::Conn;
 
 use crate::error::KeywordError;
 use crate::index::Index;
@@ -171,18 +171,15 @@ async fn stats(
     terms: &[String],
 ) -> Result<Stats, mysql_async::Error> {
     // One round trip: the totals' row has no term.
-    let marks = vec!["?"; terms.len()].join(", ");
-    let mut params: Vec<Value> = vec![user_id.into(), user_id.into()];
-    params.extend(terms.iter().map(|term| Value::from(term.as_str())));
+    let user = literal(user_id);
+    let terms = terms.iter().map(|term| literal(term)).collect::<Vec<_>>();
     let rows: Vec<(Option<String>, i64, i64)> = conn
-        .exec(
-            format!(
-                "SELECT NULL, docs, total_terms FROM keyword_users WHERE user_id = ? \
-                 UNION ALL SELECT term, docs, 0 FROM keyword_terms \
-                 WHERE user_id = ? AND term IN ({marks})"
-            ),
-            Params::Positional(params),
-        )
+        .query(format!(
+            "SELECT NULL, docs, total_terms FROM keyword_users WHERE user_id = {user} \
+             UNION ALL SELECT term, docs, 0 FROM keyword_terms \
+             WHERE user_id = {user} AND term IN ({})",
+            terms.join(", ")
+        ))
         .await?;
     let mut stats = Stats::default();
     for (term, docs, total_terms) in rows {
@@ -208,22 +205,23 @@ async fn read_postings(
     // Each term's newest postings, one backward index range each: a common term's
     // older messages are left out (it tells little apart anyway), and a rare one, the
     // kind that finds a fact, is read whole.
-    let per_term = format!(
-        "(SELECT term, message_id, tf FROM keyword_postings \
-         WHERE user_id = ? AND term = ? ORDER BY message_id DESC LIMIT {POSTINGS_PER_TERM})"
-    );
-    let union = vec![per_term.as_str(); terms.len()].join(" UNION ALL ");
-    let mut params: Vec<Value> = Vec::new();
-    for term in terms {
-        params.extend([Value::from(user_id), Value::from(term.as_str())]);
-    }
-    conn.exec(
-        format!(
-            "SELECT c.term, c.message_id, c.tf, d.terms FROM ({union}) AS c \
-             JOIN keyword_docs d ON d.message_id = c.message_id"
-        ),
-        Params::Positional(params),
-    )
+    let user = literal(user_id);
+    let union = terms
+        .iter()
+        .map(|term| {
+            format!(
+                "(SELECT term, message_id, tf FROM keyword_postings \
+                 WHERE user_id = {user} AND term = {} \
+                 ORDER BY message_id DESC LIMIT {POSTINGS_PER_TERM})",
+                literal(term)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    conn.query(format!(
+        "SELECT c.term, c.message_id, c.tf, d.terms FROM ({union}) AS c \
+         JOIN keyword_docs d ON d.message_id = c.message_id"
+    ))
     .await
 }
 
@@ -234,16 +232,18 @@ async fn read_messages(
     ranked: &[(i64, f64)],
 ) -> Result<Vec<Found>, mysql_async::Error> {
     let scores: HashMap<i64, f64> = ranked.iter().copied().collect();
-    let marks = vec!["?"; ranked.len()].join(", ");
-    let mut params: Vec<Value> = vec![user_id.into()];
-    params.extend(ranked.iter().map(|(id, _)| Value::from(*id)));
-    conn.exec_map(
+    let ids = ranked
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.query_map(
         format!(
             "SELECT id, conversation_id, CAST(role AS CHAR), text, \
              CAST(UNIX_TIMESTAMP(created_at) * 1000 AS SIGNED) \
-             FROM chat_history WHERE user_id = ? AND id IN ({marks})"
+             FROM chat_history WHERE user_id = {} AND id IN ({ids})",
+            literal(user_id)
         ),
-        Params::Positional(params),
         |(id, conversation_id, role, text, created_at_unix_ms)| Found {
             score: scores.get(&id).copied().unwrap_or_default(),
             id,
@@ -254,6 +254,22 @@ async fn read_messages(
         },
     )
     .await
+}
+
+/// `text` as a SQL string literal in hex (`_utf8mb4 X'…'`): nothing in it can end the
+/// literal, whatever the server's SQL mode. A search's SQL varies with its terms, so it
+/// goes as text in one round trip rather than as a statement prepared, run and closed
+/// (two, and the keyword pool resets its connections, so nothing prepared is reused).
+/// The column's collation applies to the comparison, so its index serves it.
+fn literal(text: &str) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(12 + 2 * text.len());
+    sql.push_str("_utf8mb4 X'");
+    for byte in text.bytes() {
+        let _ = write!(sql, "{byte:02X}");
+    }
+    sql.push('\'');
+    sql
 }
 
 fn hit_of(row: Found, terms: &[String]) -> SearchHit {
@@ -293,6 +309,13 @@ mod tests {
                 .map(|(term, docs)| ((*term).to_owned(), *docs))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn literals_are_hex_whatever_they_hold() {
+        assert_eq!(literal("ab'\\"), "_utf8mb4 X'6162275C'");
+        assert_eq!(literal(""), "_utf8mb4 X''");
+        assert_eq!(literal("猫"), "_utf8mb4 X'E78CAB'");
     }
 
     #[test]

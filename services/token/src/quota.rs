@@ -55,6 +55,8 @@ struct Inner {
     journal: Option<Journal>,
     prompt_ratio_start: f64,
     prompt_ratio_max: f64,
+    /// Each model's calibration as last read or written here (see `calibration`).
+    ratios: calibration::Ratios,
 }
 
 /// Today in the configured time zone.
@@ -109,6 +111,7 @@ impl Quota {
                 journal,
                 prompt_ratio_start: settings.prompt_ratio_start,
                 prompt_ratio_max: settings.prompt_ratio_max,
+                ratios: calibration::Ratios::default(),
             }),
         })
     }

@@ -96,24 +96,27 @@ async fn context(
     conversation: Option<String>,
     limit: u32,
 ) -> Result<(String, Vec<StoredMessage>), ApiError> {
-    let conversation_id = match conversation.filter(|id| !id.is_empty()) {
-        Some(id) => id,
-        None => match backends.latest_conversation(user_id).await {
-            Ok(latest) => latest.id,
-            Err(status) => {
-                tracing::warn!(code = ?status.code(), message = %status.message(), "no conversation context: history unavailable");
-                return Ok((String::new(), Vec::new()));
-            }
-        },
+    let named = conversation.filter(|id| !id.is_empty());
+    let answer = match &named {
+        Some(id) => backends
+            .context(user_id, id, limit)
+            .await
+            .map(|earlier| (id.clone(), earlier))
+            .map_err(|status| (status, true)),
+        None => backends
+            .latest_context(user_id, limit)
+            .await
+            .map_err(|status| (status, false)),
     };
-    match backends.context(user_id, &conversation_id, limit).await {
-        Ok(earlier) => Ok((conversation_id, earlier)),
-        Err(status) if status.code() == Code::NotFound => {
+    match answer {
+        Ok(context) => Ok(context),
+        Err((status, true)) if status.code() == Code::NotFound => {
             Err(ApiError::NotFound("no such conversation".to_owned()))
         }
-        Err(status) => {
+        Err((status, _)) => {
             tracing::warn!(code = ?status.code(), message = %status.message(), "no conversation context: history unavailable");
-            Ok((conversation_id, Vec::new()))
+            // A chat naming no conversation then saves to a new one.
+            Ok((named.unwrap_or_default(), Vec::new()))
         }
     }
 }

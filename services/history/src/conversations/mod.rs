@@ -131,10 +131,19 @@ impl History {
             true => String::new(),
             false => user_title(&request.title)?,
         };
-        self.with_mysql("insert", 1, async |connection| {
-            insert(connection, &request.user_id, &title, None).await
-        })
-        .await
+        let created = self
+            .with_mysql("insert", 1, async |connection| {
+                insert(connection, &request.user_id, &title, None).await
+            })
+            .await?;
+        // The newest conversation is the latest until another gets a message.
+        if let Err(error) = self.cache().set_latest(&request.user_id, &created.id).await {
+            tracing::warn!(%error, "recording the new conversation as the latest failed; dropping the old record");
+            if let Err(error) = self.cache().forget_latest(&request.user_id).await {
+                tracing::warn!(%error, "the latest conversation's record may be stale");
+            }
+        }
+        Ok(created)
     }
 
     pub(crate) async fn conversation(

@@ -3,7 +3,7 @@
 //! waiting in the outbox merged in front.
 
 use chat_common::user::validate_user_id;
-use chat_proto::{ListRequest, ListResponse, Role, StoredMessage};
+use chat_proto::{LatestConversationRequest, ListRequest, ListResponse, Role, StoredMessage};
 use mysql_async::prelude::Queryable;
 
 use super::History;
@@ -24,10 +24,14 @@ impl History {
             0 => self.inner.default_limit,
             limit => limit.min(self.inner.max_limit),
         };
+        let user_id = request.user_id.as_str();
+        if request.conversation_id.is_empty() && request.latest_conversation {
+            return self.list_latest(user_id, limit).await;
+        }
         let scope = match request.conversation_id.as_str() {
-            "" => Scope::User(&request.user_id),
+            "" => Scope::User(user_id),
             conversation_id => Scope::Conversation {
-                user_id: &request.user_id,
+                user_id,
                 conversation_id: parse_id(conversation_id)?,
             },
         };
@@ -35,6 +39,77 @@ impl History {
         Ok(ListResponse {
             messages: oldest_first(newest),
             from_cache,
+            conversation_id: String::new(),
+        })
+    }
+
+    /// The newest messages of the user's latest conversation, named in the answer. The
+    /// cache's pointer says which it is (every save and new conversation writes it);
+    /// without one, MySQL does. A pointer to a conversation gone meanwhile is dropped
+    /// and MySQL asked.
+    async fn list_latest(&self, user_id: &str, limit: u32) -> Result<ListResponse, HistoryError> {
+        let pointed = match self.cache().latest(user_id).await {
+            Ok(pointed) => pointed,
+            Err(error) => {
+                tracing::warn!(%error, "history cache unreadable; asking mysql for the latest conversation");
+                None
+            }
+        };
+        if let Some(conversation_id) = pointed {
+            let scope = Scope::Conversation {
+                user_id,
+                conversation_id: &conversation_id,
+            };
+            match self.newest(scope, limit).await {
+                Ok((newest, from_cache)) => {
+                    return Ok(ListResponse {
+                        messages: oldest_first(newest),
+                        from_cache,
+                        conversation_id,
+                    });
+                }
+                Err(error) if error.is_outage() => {
+                    tracing::warn!(%error, "the latest conversation's messages are unreadable; answering it without them");
+                    return Ok(ListResponse {
+                        messages: Vec::new(),
+                        from_cache: false,
+                        conversation_id,
+                    });
+                }
+                Err(HistoryError::ConversationNotFound) => {
+                    if let Err(error) = self.cache().forget_latest(user_id).await {
+                        tracing::warn!(%error, "dropping a stale latest conversation failed");
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let latest = self
+            .latest(&LatestConversationRequest {
+                user_id: user_id.to_owned(),
+            })
+            .await?;
+        if let Err(error) = self.cache().fill_latest(user_id, &latest.id).await {
+            tracing::warn!(%error, "recording the latest conversation failed");
+        }
+        let scope = Scope::Conversation {
+            user_id,
+            conversation_id: &latest.id,
+        };
+        let (newest, from_cache) = match self.newest(scope, limit).await {
+            Ok(read) => read,
+            // The conversation is known (from the cache's pointer, MySQL being away):
+            // the chat stays in it, without its earlier messages.
+            Err(error) if error.is_outage() => {
+                tracing::warn!(%error, "the latest conversation's messages are unreadable; answering it without them");
+                (Vec::new(), false)
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(ListResponse {
+            messages: oldest_first(newest),
+            from_cache,
+            conversation_id: latest.id,
         })
     }
 

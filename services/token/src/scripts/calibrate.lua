@@ -3,6 +3,7 @@
 -- ARGV: the observed ratio, the weight of a lower sample, the cap, the hash's ttl (s).
 -- The ratio rises to a higher sample at once and sinks towards lower ones slowly: it
 -- tracks the most the provider has recently counted, so reservations rarely fall short.
+-- Returns the ratio now stored.
 local observed = tonumber(ARGV[1])
 local weight = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
@@ -11,8 +12,8 @@ local ratio = observed
 if old > 0 and observed < old then
   ratio = old + (observed - old) * weight
 end
-ratio = math.max(1, math.min(cap, ratio))
-redis.call('HSET', KEYS[1], 'ratio', string.format('%.4f', ratio))
+ratio = string.format('%.4f', math.max(1, math.min(cap, ratio)))
+redis.call('HSET', KEYS[1], 'ratio', ratio)
 redis.call('HINCRBY', KEYS[1], 'samples', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
+return ratio
