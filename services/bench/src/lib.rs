@@ -319,3 +319,16 @@ async fn warm_up(
     let cap = overload_cap(options);
     load::run(client, &overload, keys, 4 * cap, warm, None).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_named;
+
+    #[test]
+    fn a_case_is_named_alone_or_with_a_qualifier() {
+        assert!(is_named("chat c=1", "chat c=1"));
+        assert!(is_named("chat c=1 RETRIEVAL=off", "chat c=1"));
+        assert!(!is_named("chat c=128", "chat c=1"));
+        assert!(!is_named("v1 chat c=1", "chat c=1"));
+    }
+}

@@ -112,7 +112,7 @@ async fn bench(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => options.seconds_per_case = value(&mut args, &arg)?.parse()?,
-"--rounds" => options.rounds = value(&mut args, &arg)?.parse()?,
+            "--rounds" => options.rounds = value(&mut args, &arg)?.parse()?,
             "--only" => options.only.push(value(&mut args, &arg)?),
             "--out" => out = PathBuf::from(value(&mut args, &arg)?),
             other => anyhow::bail!("unknown argument {other}; see the module docs"),

@@ -20,6 +20,7 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
         concurrency: vec![4],
         gateways: vec![1, 2],
         scale_concurrency: 4,
+        only: Vec::new(),
         redis_addr: redis.addr.clone(),
         mysql_dsn: database.url.clone(),
     };
@@ -75,6 +76,17 @@ async fn a_short_run_produces_a_well_formed_result() -> anyhow::Result<()> {
     for target in ["chat", "stream", "v1", "v1 stream"] {
         assert!(results.overhead_p50_ms.contains_key(target), "{target}");
     }
+    // Each process's metrics at the end: the gateway timed its calls to the services.
+    let gateway = results.metrics.iter().find(|(name, _)| name == "gateway-1");
+    assert!(
+        gateway.is_some_and(|(_, text)| text.contains("rpc_client_request_duration_seconds")),
+        "{:?}",
+        results
+            .metrics
+            .iter()
+            .map(|(name, _)| name)
+            .collect::<Vec<_>>()
+    );
     // gateway-3 is the trust-mode one.
     for process in [
         "filter",

@@ -293,7 +293,11 @@ impl Cache {
 
     /// Records what MySQL said is the user's latest conversation, unless a save or a new
     /// conversation named one since (they write it unconditionally).
-    pub async fn fill_latest(&self, user_id: &str, conversation_id: &str) -> Result<(), CacheError> {
+    pub async fn fill_latest(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), CacheError> {
         self.write_latest(user_id, conversation_id, true).await
     }
 

@@ -209,6 +209,7 @@ async fn another_users_or_a_malformed_id_is_not_found_and_a_key_is_per_user() ->
         user_id: "bob".into(),
         limit: 200,
         conversation_id: theirs.into(),
+        ..ListRequest::default()
     };
     assert_eq!(
         code(fixture.history.list(Request::new(past_the_cache)).await),
@@ -621,5 +622,92 @@ async fn the_latest_conversation_is_the_most_recently_active_or_a_new_one() -> a
         .save("u1", (&fresh.id, ""), &["back to the first"])
         .await?;
     assert_eq!(latest("u1").await?.id, fresh.id);
+    Ok(())
+}
+
+/// What a chat naming no conversation reads: the latest conversation and its messages in
+/// one call, the same one `LatestConversation` names, through saves, a new conversation
+/// and a delete; never another user's.
+#[tokio::test]
+async fn the_latest_context_follows_saves_new_conversations_and_deletes() -> anyhow::Result<()> {
+    let fixture = Fixture::new().await?;
+    let latest_context = |user: &str| {
+        let request = ListRequest {
+            user_id: user.into(),
+            latest_conversation: true,
+            ..ListRequest::default()
+        };
+        let history = fixture.history.clone();
+        async move { anyhow::Ok(history.list(Request::new(request)).await?.into_inner()) }
+    };
+    let latest = |user: &str| {
+        let request = LatestConversationRequest {
+            user_id: user.into(),
+        };
+        let history = fixture.history.clone();
+        async move {
+            anyhow::Ok(
+                history
+                    .latest_conversation(Request::new(request))
+                    .await?
+                    .into_inner()
+                    .id,
+            )
+        }
+    };
+    // None yet: one is made, empty, and asking again makes no other.
+    let fresh = latest_context("u1").await?;
+    assert!(!fresh.conversation_id.is_empty() && fresh.messages.is_empty());
+    assert_eq!(
+        latest_context("u1").await?.conversation_id,
+        fresh.conversation_id
+    );
+    assert_eq!(latest("u1").await?, fresh.conversation_id);
+
+    fixture
+        .save("u1", (&fresh.conversation_id, ""), &["first", "reply"])
+        .await?;
+    let read = latest_context("u1").await?;
+    assert_eq!(read.conversation_id, fresh.conversation_id);
+    assert_eq!(texts(&read), ["first", "reply"]);
+
+    // A save to a new conversation moves it there; a new empty conversation too.
+    let other = fixture
+        .save("u1", ("", ""), &["elsewhere"])
+        .await?
+        .conversation_id;
+    let read = latest_context("u1").await?;
+    assert_eq!(
+        (read.conversation_id.as_str(), texts(&read)),
+        (other.as_str(), vec!["elsewhere"])
+    );
+    let made = fixture.create("u1", "planned").await?;
+    let read = latest_context("u1").await?;
+    assert_eq!(read.conversation_id, made.id);
+    assert!(read.messages.is_empty());
+    assert_eq!(latest("u1").await?, made.id);
+
+    // The latest deleted: the one active before it, with its messages.
+    fixture
+        .history
+        .delete_conversation(Request::new(of("u1", &made.id)))
+        .await?;
+    let read = latest_context("u1").await?;
+    assert_eq!(
+        (read.conversation_id.as_str(), texts(&read)),
+        (other.as_str(), vec!["elsewhere"])
+    );
+
+    // Another user gets their own, never u1's.
+    let theirs = latest_context("u2").await?;
+    assert!(theirs.messages.is_empty());
+    assert!(
+        ![
+            fresh.conversation_id.as_str(),
+            other.as_str(),
+            made.id.as_str()
+        ]
+        .contains(&theirs.conversation_id.as_str())
+    );
     Ok(())
 }

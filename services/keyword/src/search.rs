@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 
 use chat_common::user::validate_user_id;
 use chat_proto::{Role, SearchHit, SearchRequest, TextRange};
-use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
 
 use crate::error::KeywordError;
 use crate::index::Index;

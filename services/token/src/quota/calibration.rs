@@ -40,14 +40,20 @@ pub(super) struct Ratios(Mutex<HashMap<String, (Option<f64>, Instant)>>);
 
 impl Ratios {
     fn fresh(&self, model: &str) -> Option<Option<f64>> {
-        let held = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         held.get(model)
             .filter(|(_, at)| at.elapsed() < FRESH_FOR)
             .map(|(ratio, _)| *ratio)
     }
 
     fn hold(&self, model: &str, ratio: Option<f64>) {
-        let mut held = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if held.len() >= MOST_MODELS && !held.contains_key(model) {
             held.clear();
         }
