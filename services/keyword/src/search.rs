@@ -1,7 +1,7 @@
 //! Search: one user's saved messages ranked by BM25 over the index's terms.
 //!
-//! Reads the user's totals (documents, terms) and the number of the user's messages
-//! holding each query term, in one round trip; then the newest postings of the terms worth
+//! Reads, in one round trip, the user's totals (documents, terms), the number of the
+//! user's messages holding each query term and the newest postings of the terms worth
 //! reading (one index range each, on the user-first primary key); scores in memory; then
 //! reads the best messages from `chat_history` by id and user: a message deleted since it
 //! was indexed is simply not there, and another user's never could be.
@@ -65,7 +65,7 @@ impl Stats {
 
 /// The score of each candidate message, best first, from its `postings` (term,
 /// message, count of the term in it, its length).
-pub fn rank(stats: &Stats, postings: &[(String, i64, i64, i64)]) -> Vec<(i64, f64)> {
+pub fn rank(stats: &Stats, postings: &[Posting]) -> Vec<(i64, f64)> {
     let documents = stats.documents.max(1) as f64;
     let average = (stats.total_terms.max(1) as f64 / documents).max(1.0);
     let mut scores: HashMap<i64, f64> = HashMap::new();
@@ -137,7 +137,8 @@ impl Index {
 }
 
 /// The best `limit * 2` of the user's messages for `terms`, but those in `exclude`,
-/// read back with their scores.
+/// read back with their scores: two round trips, the statistics with the postings, then
+/// the messages.
 async fn find(
     conn: &mut Conn,
     user_id: &str,
@@ -146,12 +147,15 @@ async fn find(
     exclude: &HashSet<i64>,
     limit: usize,
 ) -> Result<Vec<Found>, mysql_async::Error> {
-    let stats = stats(conn, user_id, terms).await?;
-    let terms = stats.terms_to_read(terms, skip_common);
-    if terms.is_empty() {
-        return Ok(Vec::new());
-    }
-    let postings = read_postings(conn, user_id, &terms).await?;
+    let (stats, postings) = stats_and_postings(conn, user_id, terms, skip_common).await?;
+    let read: HashSet<&String> = stats
+        .terms_to_read(terms, skip_common)
+        .into_iter()
+        .collect();
+    let postings: Vec<_> = postings
+        .into_iter()
+        .filter(|(term, ..)| read.contains(term))
+        .collect();
     let ranked: Vec<(i64, f64)> = rank(&stats, &postings)
         .into_iter()
         .filter(|(id, _)| !exclude.contains(id))
@@ -163,66 +167,67 @@ async fn find(
     read_messages(conn, user_id, &ranked).await
 }
 
-/// The user's totals and how many of the user's messages hold each of `terms`; all zero
-/// for a user with nothing indexed.
-async fn stats(
+/// A posting: the term, the message, the term's count in it, the message's length.
+pub type Posting = (String, i64, i64, i64);
+
+/// In one round trip: the user's totals, how many of the user's messages hold each of
+/// `terms` (all zero for a user with nothing indexed), and each term's newest postings
+/// (one backward index range each: a common term's older messages are left out, it
+/// tells little apart anyway, and a rare one, the kind that finds a fact, is read
+/// whole). With `skip_common`, MySQL reads no posting of a term [`Stats::terms_to_read`]
+/// would drop as common: the same rule, evaluated there so the rows are never read.
+async fn stats_and_postings(
     conn: &mut Conn,
     user_id: &str,
     terms: &[String],
-) -> Result<Stats, mysql_async::Error> {
-    // One round trip: the totals' row has no term.
+    skip_common: bool,
+) -> Result<(Stats, Vec<Posting>), mysql_async::Error> {
     let user = literal(user_id);
-    let terms = terms.iter().map(|term| literal(term)).collect::<Vec<_>>();
-    let rows: Vec<(Option<String>, i64, i64)> = conn
-        .query(format!(
-            "SELECT NULL, docs, total_terms FROM keyword_users WHERE user_id = {user} \
-             UNION ALL SELECT term, docs, 0 FROM keyword_terms \
-             WHERE user_id = {user} AND term IN ({})",
-            terms.join(", ")
-        ))
-        .await?;
-    let mut stats = Stats::default();
-    for (term, docs, total_terms) in rows {
-        match term {
-            Some(term) => {
-                stats.docs.insert(term, docs);
-            }
-            None => {
-                stats.documents = docs;
-                stats.total_terms = total_terms;
-            }
-        }
+    let quoted: Vec<String> = terms.iter().map(|term| literal(term)).collect();
+    let mut union = vec![
+        format!("SELECT 0, NULL, docs, total_terms, 0 FROM keyword_users WHERE user_id = {user}"),
+        format!(
+            "SELECT 1, term, docs, 0, 0 FROM keyword_terms WHERE user_id = {user} AND term IN ({})",
+            quoted.join(", ")
+        ),
+    ];
+    for term in &quoted {
+        let common = match skip_common {
+            true => format!(
+                "AND NOT EXISTS (SELECT 1 FROM keyword_terms t \
+                 JOIN keyword_users u ON u.user_id = t.user_id \
+                 WHERE t.user_id = {user} AND t.term = {term} \
+                 AND u.docs >= {COMMON_AFTER_DOCS} AND t.docs * 2 > u.docs)"
+            ),
+            false => String::new(),
+        };
+        union.push(format!(
+            "SELECT 2, c.term, c.message_id, c.tf, d.terms FROM \
+             (SELECT term, message_id, tf FROM keyword_postings \
+             WHERE user_id = {user} AND term = {term} {common} \
+             ORDER BY message_id DESC LIMIT {POSTINGS_PER_TERM}) AS c \
+             JOIN keyword_docs d ON d.message_id = c.message_id"
+        ));
     }
-    Ok(stats)
-}
-
-/// The postings of `terms` in the user's messages, with each message's length.
-async fn read_postings(
-    conn: &mut Conn,
-    user_id: &str,
-    terms: &[&String],
-) -> Result<Vec<(String, i64, i64, i64)>, mysql_async::Error> {
-    // Each term's newest postings, one backward index range each: a common term's
-    // older messages are left out (it tells little apart anyway), and a rare one, the
-    // kind that finds a fact, is read whole.
-    let user = literal(user_id);
-    let union = terms
+    let sql = union
         .iter()
-        .map(|term| {
-            format!(
-                "(SELECT term, message_id, tf FROM keyword_postings \
-                 WHERE user_id = {user} AND term = {} \
-                 ORDER BY message_id DESC LIMIT {POSTINGS_PER_TERM})",
-                literal(term)
-            )
-        })
+        .map(|select| format!("({select})"))
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    conn.query(format!(
-        "SELECT c.term, c.message_id, c.tf, d.terms FROM ({union}) AS c \
-         JOIN keyword_docs d ON d.message_id = c.message_id"
-    ))
-    .await
+    let rows: Vec<(u8, Option<String>, i64, i64, i64)> = conn.query(sql).await?;
+    let mut stats = Stats::default();
+    let mut postings = Vec::new();
+    for (kind, term, a, b, c) in rows {
+        match (kind, term) {
+            (0, _) => (stats.documents, stats.total_terms) = (a, b),
+            (1, Some(term)) => {
+                stats.docs.insert(term, a);
+            }
+            (_, Some(term)) => postings.push((term, a, b, c)),
+            (_, None) => {}
+        }
+    }
+    Ok((stats, postings))
 }
 
 /// The ranked messages still in the user's history, with their scores.
