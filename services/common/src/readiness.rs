@@ -83,12 +83,12 @@ where
 }
 
 /// PINGs the Redis behind `pool`; what failed otherwise.
-pub async fn redis_ping(pool: &deadpool_redis::Pool) -> Result<(), String> {
+pub async fn redis_ping(pool: &crate::redis::Pool) -> Result<(), String> {
     let mut connection = pool
         .get()
         .await
         .map_err(|error| format!("redis: {error}"))?;
-    deadpool_redis::redis::cmd("PING")
+    redis::cmd("PING")
         .query_async::<String>(&mut connection)
         .await
         .map(|_| ())

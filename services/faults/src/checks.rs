@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::redis;
 use mysql_async::prelude::Queryable;
 
 use crate::client::{Answer, Caller};
@@ -220,7 +219,7 @@ pub async fn history_in_api(
 
 /// Redis, as the token service keeps it (`services/token/src/quota.rs`).
 pub struct Quota {
-    pub pool: deadpool_redis::Pool,
+    pub pool: chat_common::redis::Pool,
     pub prefix: String,
 }
 

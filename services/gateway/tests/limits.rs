@@ -248,14 +248,14 @@ async fn the_limiter_falls_back_while_redis_is_away_and_comes_back_with_it() -> 
     assert_eq!(count(&statuses, StatusCode::OK), 3, "{statuses:?}");
     let pool = chat_common::redis::pool(&own.addr(), 1, Duration::from_secs(2))?;
     let mut connection = pool.get().await?;
-    let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+    let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*ratelimit:{user:carol}:model")
         .query_async(&mut connection)
         .await?;
     assert_eq!(keys.len(), 1, "carol's bucket is in Redis: {keys:?}");
     // It expires once whole again (three requests at one per 20 s: within a minute), so
     // Redis holds only the buckets of recent callers.
-    let ttl_ms: i64 = deadpool_redis::redis::cmd("PTTL")
+    let ttl_ms: i64 = redis::cmd("PTTL")
         .arg(&keys[0])
         .query_async(&mut connection)
         .await?;

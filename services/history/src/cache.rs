@@ -15,7 +15,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use chat_common::redis::Pool;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +53,7 @@ pub struct CachedMessage {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("redis unavailable: {0}")]
-    Unavailable(deadpool_redis::PoolError),
+    Unavailable(chat_common::redis::PoolError),
     #[error("redis failed: {0}")]
     Failed(redis::RedisError),
     #[error("redis timed out")]
@@ -78,7 +78,7 @@ impl Redis {
     pub async fn run<T>(
         &self,
         name: &'static str,
-        operation: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        operation: impl AsyncFnOnce(&mut chat_common::redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, CacheError> {
         let work = async {
             let mut connection = self.pool.get().await.map_err(CacheError::Unavailable)?;

@@ -14,8 +14,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use chat_common::redis::Pool;
 use chat_proto::Role;
-use deadpool_redis::Pool;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 

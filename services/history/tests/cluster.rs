@@ -52,7 +52,7 @@ async fn saves_and_refills_run_on_a_redis_cluster() -> anyhow::Result<()> {
     // Read from the cache, kept in the user's one slot.
     let pool = chat_common::redis::pool(&cluster.addr(), 1, std::time::Duration::from_secs(2))?;
     let mut connection = pool.get().await?;
-    let cached: i64 = deadpool_redis::redis::cmd("LLEN")
+    let cached: i64 = redis::cmd("LLEN")
         .arg("chat:history:{alice}")
         .query_async(&mut connection)
         .await?;

@@ -106,7 +106,7 @@ impl Fixture {
     async fn redis_keys(&self) -> anyhow::Result<Vec<String>> {
         let pool = chat_common::redis::pool(&self.redis.addr, 1, Duration::from_secs(2))?;
         let mut connection = pool.get().await?;
-        let mut keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+        let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.redis.prefix))
             .query_async(&mut connection)
             .await?;

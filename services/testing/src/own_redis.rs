@@ -35,7 +35,7 @@ impl OwnRedis {
         let redis = Self::launch(true, false).await?;
         let pool = chat_common::redis::pool(&redis.addr(), 1, Duration::from_secs(2))?;
         let mut connection = pool.get().await?;
-        let _: String = deadpool_redis::redis::cmd("CLUSTER")
+        let _: String = redis::cmd("CLUSTER")
             .arg("ADDSLOTSRANGE")
             .arg(0)
             .arg(16383)
@@ -43,7 +43,7 @@ impl OwnRedis {
             .await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let info: String = deadpool_redis::redis::cmd("CLUSTER")
+            let info: String = redis::cmd("CLUSTER")
                 .arg("INFO")
                 .query_async(&mut connection)
                 .await?;

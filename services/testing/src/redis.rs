@@ -21,9 +21,7 @@ impl TestRedis {
                 "cannot reach the test Redis at {addr} ({error}); run `deploy/dev/deps.sh up`"
             )
         })?;
-        let _: String = deadpool_redis::redis::cmd("PING")
-            .query_async(&mut connection)
-            .await?;
+        let _: String = redis::cmd("PING").query_async(&mut connection).await?;
         Ok(Self {
             addr,
             prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
@@ -38,12 +36,12 @@ impl Drop for TestRedis {
         crate::clean_up_in_background(move || async move {
             let pool = chat_common::redis::pool(&addr, 1, Duration::from_secs(2))?;
             let mut connection = pool.get().await?;
-            let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+            let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(&pattern)
                 .query_async(&mut connection)
                 .await?;
             if !keys.is_empty() {
-                let _: i64 = deadpool_redis::redis::cmd("DEL")
+                let _: i64 = redis::cmd("DEL")
                     .arg(&keys)
                     .query_async(&mut connection)
                     .await?;

@@ -22,7 +22,7 @@ pub enum QuotaError {
     ModelTooLong,
     /// No pooled Redis connection: Redis is down or the pool is exhausted.
     #[error("quota store unavailable: {0}")]
-    StoreUnavailable(deadpool_redis::PoolError),
+    StoreUnavailable(chat_common::redis::PoolError),
     #[error("quota store failed: {0}")]
     StoreFailed(redis::RedisError),
     /// Redis did not answer within `REDIS_TIMEOUT_MS`; reported like an outage, since

@@ -26,9 +26,9 @@ mod sweep;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_common::redis::{Connection, Pool};
 use chat_common::user::validate_user_id;
 use chat_proto::{QuotaState, RemainingRequest};
-use deadpool_redis::{Connection, Pool};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 

@@ -293,7 +293,7 @@ async fn the_sweeper_forgets_users_with_nothing_pending_and_finds_new_ones() -> 
     assert_eq!(quota.sweep().await?, 0);
     let pool = chat_common::redis::pool(&redis.addr, 1, std::time::Duration::from_secs(2))?;
     let mut connection = pool.get().await?;
-    let due: i64 = deadpool_redis::redis::cmd("ZCARD")
+    let due: i64 = redis::cmd("ZCARD")
         .arg(format!("{}reservations:due", redis.prefix))
         .query_async(&mut connection)
         .await?;

@@ -119,7 +119,7 @@ impl Stack {
     pub async fn redis_keys(&self) -> anyhow::Result<Vec<String>> {
         let pool = chat_common::redis::pool(&self._redis.addr, 1, Duration::from_secs(2))?;
         let mut connection = pool.get().await?;
-        let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+        let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self._redis.prefix))
             .query_async(&mut connection)
             .await?;

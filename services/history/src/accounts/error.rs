@@ -48,7 +48,7 @@ pub enum AccountError {
     #[error("account store: another replica holds the bootstrap lock")]
     BootstrapLockBusy,
     #[error("session store unavailable: {0}")]
-    RedisUnavailable(deadpool_redis::PoolError),
+    RedisUnavailable(chat_common::redis::PoolError),
     #[error("session store failed: {0}")]
     Redis(redis::RedisError),
     #[error("session store timed out")]

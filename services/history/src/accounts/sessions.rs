@@ -10,7 +10,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::{Connection, Pool};
+use chat_common::redis::{Connection, Pool};
 use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Connection;
+use chat_common::redis::Connection;
 use redis::Script;
 
 use super::Quota;

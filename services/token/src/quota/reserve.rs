@@ -3,8 +3,8 @@
 
 use std::sync::LazyLock;
 
+use chat_common::redis::Connection;
 use chat_proto::{ExtendRequest, ExtendResponse, ReserveRequest, ReserveResponse};
-use deadpool_redis::Connection;
 use jiff::Timestamp;
 use redis::Script;
 

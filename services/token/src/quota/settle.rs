@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use chat_common::redis::Connection;
 use chat_proto::{SettleRequest, SettleResponse};
-use deadpool_redis::Connection;
 use redis::Script;
 
 use super::{Day, Quota, check_ids, state};

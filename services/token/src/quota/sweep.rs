@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Connection;
+use chat_common::redis::Connection;
 use jiff::Timestamp;
 use redis::Script;
 
