@@ -77,6 +77,18 @@ impl Fixture {
         Ok(self.history.list(Request::new(request)).await?.into_inner())
     }
 
+    /// The user's latest conversation, as `LatestConversation` answers.
+    async fn latest(&self, user: &str) -> anyhow::Result<Conversation> {
+        let request = LatestConversationRequest {
+            user_id: user.into(),
+        };
+        Ok(self
+            .history
+            .latest_conversation(Request::new(request))
+            .await?
+            .into_inner())
+    }
+
     async fn get(&self, user: &str, conversation: &str) -> Result<Conversation, Status> {
         Ok(self
             .history
@@ -591,20 +603,7 @@ async fn a_title_comes_from_the_first_user_message_until_renamed() -> anyhow::Re
 #[tokio::test]
 async fn the_latest_conversation_is_the_most_recently_active_or_a_new_one() -> anyhow::Result<()> {
     let fixture = Fixture::new().await?;
-    let latest = |user: &str| {
-        let request = LatestConversationRequest {
-            user_id: user.into(),
-        };
-        let history = fixture.history.clone();
-        async move {
-            anyhow::Ok(
-                history
-                    .latest_conversation(Request::new(request))
-                    .await?
-                    .into_inner(),
-            )
-        }
-    };
+    let latest = async |user: &str| fixture.latest(user).await;
     let fresh = latest("u1").await?;
     assert_eq!(fresh.message_count, 0);
     assert_eq!(
@@ -640,21 +639,7 @@ async fn the_latest_context_follows_saves_new_conversations_and_deletes() -> any
         let history = fixture.history.clone();
         async move { anyhow::Ok(history.list(Request::new(request)).await?.into_inner()) }
     };
-    let latest = |user: &str| {
-        let request = LatestConversationRequest {
-            user_id: user.into(),
-        };
-        let history = fixture.history.clone();
-        async move {
-            anyhow::Ok(
-                history
-                    .latest_conversation(Request::new(request))
-                    .await?
-                    .into_inner()
-                    .id,
-            )
-        }
-    };
+    let latest = async |user: &str| anyhow::Ok(fixture.latest(user).await?.id);
     // None yet: one is made, empty, and asking again makes no other.
     let fresh = latest_context("u1").await?;
     assert!(!fresh.conversation_id.is_empty() && fresh.messages.is_empty());
