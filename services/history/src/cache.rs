@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics;
 
+mod latest;
+
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/append.lua")));
 static REFILL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/refill.lua")));
 static VERSION: LazyLock<Script> =
@@ -267,65 +269,6 @@ impl Cache {
             })
             .await?;
         Ok(())
-    }
-
-    /// The key naming the conversation the user last saved to.
-    fn latest_key(&self, user_id: &str) -> String {
-        format!("{}history:{{{user_id}}}:latest", self.prefix)
-    }
-
-    /// The conversation the user last saved to or made, as far as the cache knows: what a
-    /// chat naming none goes to. Every save and every new conversation writes it; a
-    /// delete drops it.
-    pub async fn latest(&self, user_id: &str) -> Result<Option<String>, CacheError> {
-        let key = self.latest_key(user_id);
-        self.redis
-            .run("get", async |connection| {
-                redis::cmd("GET").arg(&key).query_async(connection).await
-            })
-            .await
-    }
-
-    /// Makes `conversation_id` the user's latest: a conversation just made.
-    pub async fn set_latest(&self, user_id: &str, conversation_id: &str) -> Result<(), CacheError> {
-        self.write_latest(user_id, conversation_id, false).await
-    }
-
-    /// Records what MySQL said is the user's latest conversation, unless a save or a new
-    /// conversation named one since (they write it unconditionally).
-    pub async fn fill_latest(
-        &self,
-        user_id: &str,
-        conversation_id: &str,
-    ) -> Result<(), CacheError> {
-        self.write_latest(user_id, conversation_id, true).await
-    }
-
-    async fn write_latest(
-        &self,
-        user_id: &str,
-        conversation_id: &str,
-        only_if_absent: bool,
-    ) -> Result<(), CacheError> {
-        let mut command = redis::cmd("SET");
-        command
-            .arg(self.latest_key(user_id))
-            .arg(conversation_id)
-            .arg("EX")
-            .arg(self.ttl_secs);
-        if only_if_absent {
-            command.arg("NX");
-        }
-        self.redis
-            .run("set", async |connection| {
-                command.query_async::<()>(connection).await
-            })
-            .await
-    }
-
-    /// Forgets which conversation is the user's latest: the one named is gone.
-    pub async fn forget_latest(&self, user_id: &str) -> Result<(), CacheError> {
-        self.delete(&[self.latest_key(user_id)]).await
     }
 
     /// Drops the cached lists of these conversations, and the user's list (it holds

@@ -56,32 +56,13 @@ impl History {
             }
         };
         if let Some(conversation_id) = pointed {
-            let scope = Scope::Conversation {
-                user_id,
-                conversation_id: &conversation_id,
-            };
-            match self.newest(scope, limit).await {
-                Ok((newest, from_cache)) => {
-                    return Ok(ListResponse {
-                        messages: oldest_first(newest),
-                        from_cache,
-                        conversation_id,
-                    });
-                }
-                Err(error) if error.is_outage() => {
-                    tracing::warn!(%error, "the latest conversation's messages are unreadable; answering it without them");
-                    return Ok(ListResponse {
-                        messages: Vec::new(),
-                        from_cache: false,
-                        conversation_id,
-                    });
-                }
+            match self.list_of(user_id, conversation_id, limit).await {
                 Err(HistoryError::ConversationNotFound) => {
                     if let Err(error) = self.cache().forget_latest(user_id).await {
                         tracing::warn!(%error, "dropping a stale latest conversation failed");
                     }
                 }
-                Err(error) => return Err(error),
+                listed => return listed,
             }
         }
         let latest = self
@@ -92,14 +73,24 @@ impl History {
         if let Err(error) = self.cache().fill_latest(user_id, &latest.id).await {
             tracing::warn!(%error, "recording the latest conversation failed");
         }
+        self.list_of(user_id, latest.id, limit).await
+    }
+
+    /// The newest messages of a conversation known to be the user's latest, named in the
+    /// answer. When they cannot be read (MySQL away, none cached) the chat still stays in
+    /// it: answered without them.
+    async fn list_of(
+        &self,
+        user_id: &str,
+        conversation_id: String,
+        limit: u32,
+    ) -> Result<ListResponse, HistoryError> {
         let scope = Scope::Conversation {
             user_id,
-            conversation_id: &latest.id,
+            conversation_id: &conversation_id,
         };
         let (newest, from_cache) = match self.newest(scope, limit).await {
             Ok(read) => read,
-            // The conversation is known (from the cache's pointer, MySQL being away):
-            // the chat stays in it, without its earlier messages.
             Err(error) if error.is_outage() => {
                 tracing::warn!(%error, "the latest conversation's messages are unreadable; answering it without them");
                 (Vec::new(), false)
@@ -109,7 +100,7 @@ impl History {
         Ok(ListResponse {
             messages: oldest_first(newest),
             from_cache,
-            conversation_id: latest.id,
+            conversation_id,
         })
     }
 
