@@ -137,6 +137,32 @@ async fn a_fact_sixty_messages_back_reaches_the_prompt_in_english_and_chinese() 
 }
 
 #[tokio::test]
+async fn calibration_compares_the_providers_count_with_the_prompt_sent() -> anyhow::Result<()> {
+    // The reservation holds room for retrieved context before the search answers; the
+    // settlement then says what the prompt sent came to, retrieved block included, so a
+    // provider counting exactly twice ours calibrates to exactly 2, not more.
+    let stack = Stack::start_with_keyword(|settings| settings.gateway.context_messages = 2).await?;
+    stack.provider.count_prompts_times(2.0);
+    let model = "gpt-test"; // the test stack's model
+    chat_in(&stack, "u1", None, "My dog's name is Biscuit.").await?;
+    chat_in(&stack, "u1", None, "The weather is mild today.").await?;
+    chat_in(&stack, "u1", None, "I had coffee this morning.").await?;
+    indexed(&stack, "u1", "Biscuit", "Biscuit").await?;
+    assert_eq!(stack.calibration(model).await?, Some(2.0));
+
+    chat_in(&stack, "u1", None, "What is my dog's name?").await?;
+    let prompt = last_prompt(&stack);
+    assert!(
+        prompt.iter().any(|(role, text)| role == "system"
+            && text.contains("retrieved")
+            && text.contains("Biscuit")),
+        "{prompt:#?}"
+    );
+    assert_eq!(stack.calibration(model).await?, Some(2.0));
+    Ok(())
+}
+
+#[tokio::test]
 async fn another_users_and_deleted_messages_are_never_retrieved() -> anyhow::Result<()> {
     let stack = stack().await?;
     chat_in(&stack, "bob", None, "My dog's name is Rex.").await?;

@@ -29,6 +29,8 @@ pub struct Settlement {
     pub actual_tokens: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_prompt_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_prompt_tokens: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +175,7 @@ mod tests {
             reservation_id: id.to_owned(),
             actual_tokens: actual,
             reported_prompt_tokens: None,
+            sent_prompt_tokens: None,
         }
     }
 

@@ -408,6 +408,7 @@ async fn settle_reported(quota: &Quota, id: &str, reported_prompt: i64) -> anyho
             reservation_id: id.into(),
             actual_tokens: reported_prompt + 10,
             reported_prompt_tokens: Some(reported_prompt),
+            ..SettleRequest::default()
         }))
         .await?;
     Ok(())
@@ -449,10 +450,24 @@ async fn reservations_are_sized_by_what_the_provider_counted_for_the_model() -> 
             reservation_id: "g".into(),
             actual_tokens: 120,
             reported_prompt_tokens: None,
+            ..SettleRequest::default()
         }))
         .await?;
     settle_reported(&quota, "g", 800).await?;
     assert_eq!(quota.calibration("gpt").await?, Some(1.0));
+    // Room reserved for context that turned out smaller: the provider's count is
+    // compared with the prompt sent (50), not the one reserved (100).
+    assert_eq!(reserve_prompt(&quota, "h", "mistral", 100, 50).await?, 450);
+    quota
+        .settle(Request::new(SettleRequest {
+            user_id: "cal".into(),
+            reservation_id: "h".into(),
+            actual_tokens: 160,
+            reported_prompt_tokens: Some(150),
+            sent_prompt_tokens: Some(50),
+        }))
+        .await?;
+    assert_eq!(quota.calibration("mistral").await?, Some(3.0));
     Ok(())
 }
 

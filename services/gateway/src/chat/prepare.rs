@@ -1,5 +1,5 @@
-//! Everything before the model: validation, filter ‖ context ‖ retrieval, prompt,
-//! reservation.
+//! Everything before the model: validation, (filter ‖ context, then the reservation)
+//! ‖ retrieval, prompt.
 //! A new step before the model call belongs here.
 
 use chat_proto::{ChatMessage, CompleteRequest, NewMessage, Role, SaveRequest, StoredMessage};
@@ -39,8 +39,9 @@ pub struct Closed {
     pub conversation_id: String,
 }
 
-/// Filters the caller's text while fetching the context, builds the prompt and
-/// reserves its estimate. The caller was authenticated and rate limited by the route.
+/// Filters the caller's text while fetching the context and retrieving earlier
+/// messages, builds the prompt and reserves its estimate. The caller was authenticated
+/// and rate limited by the route.
 pub async fn prepare(
     backends: &Backends,
     policy: &Policy,
@@ -54,31 +55,53 @@ pub async fn prepare(
     }
 
     // The filter, the conversation so far and the retrieval of earlier messages are
-    // independent: ask for all three at once (what came for a blocked text is dropped).
-    let (verdict, context, retrieved) = tokio::join!(
-        backends.filter(text.clone()),
-        context(backends, &user_id, conversation, policy.context_messages),
-        retrieval::retrieve(backends, policy, &user_id, &text)
-    );
-    let (conversation_id, earlier) = context?;
-    let verdict = verdict.map_err(|status| match status.code() {
-        Code::InvalidArgument => ApiError::InvalidText(status.message().to_owned()),
-        _ => ApiError::dependency("filter", status),
-    })?;
-    if verdict.blocked {
-        return Err(ApiError::Blocked(verdict.reason));
-    }
+    // independent: ask for all three at once. The reservation waits for the first two
+    // only, with room held for what retrieval may add, so a search slower than them
+    // overlaps the reserve instead of delaying it; a blocked text, a missing
+    // conversation or a refused reservation drops the search.
+    let reserved = async {
+        let (verdict, context) = tokio::join!(
+            backends.filter(text.clone()),
+            context(backends, &user_id, conversation, policy.context_messages),
+        );
+        let (conversation_id, earlier) = context?;
+        let verdict = verdict.map_err(|status| match status.code() {
+            Code::InvalidArgument => ApiError::InvalidText(status.message().to_owned()),
+            _ => ApiError::dependency("filter", status),
+        })?;
+        if verdict.blocked {
+            return Err(ApiError::Blocked(verdict.reason));
+        }
+        let prompt = Prompt::build(policy, &earlier, &verdict.cleaned);
+        let mut estimate = prompt.reservation(policy);
+        // Held beside the reply's, unscaled: the calibration applies to our count of
+        // the prompt, and the settlement says what the prompt sent came to.
+        estimate.output_tokens += retrieval::room(backends, policy) as i64;
+        let reservation = Reservation::take(backends, &caller, &estimate).await?;
+        Ok((
+            conversation_id,
+            earlier,
+            verdict.cleaned,
+            prompt,
+            reservation,
+        ))
+    };
+    let retrieved = async { Ok(retrieval::retrieve(backends, policy, &user_id, &text).await) };
+    let ((conversation_id, earlier, cleaned, prompt, mut reservation), retrieved) =
+        tokio::try_join!(reserved, retrieved)?;
     // Retrieval ran before the conversation was known: scope it now if it must be.
     let retrieved = retrieval::in_scope(retrieved, policy.retrieval_scope, &conversation_id);
-    let prompt = Prompt::build(policy, &earlier, &verdict.cleaned).with_retrieved(
-        retrieval::context_block(&retrieved, &earlier, policy.retrieval_tokens),
-    );
-    let reservation = Reservation::take(backends, &caller, &prompt.reservation(policy)).await?;
+    let prompt = prompt.with_retrieved(retrieval::context_block(
+        &retrieved,
+        &earlier,
+        policy.retrieval_tokens,
+    ));
+    reservation.prompt_sent(prompt.tokens);
     Ok(Turn {
         backends: backends.clone(),
         user_id,
         conversation_id,
-        cleaned: verdict.cleaned,
+        cleaned,
         messages: prompt.messages,
         prompt_tokens: prompt.tokens,
         max_output_tokens: policy.max_output_tokens,

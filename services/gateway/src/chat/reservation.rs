@@ -45,7 +45,8 @@ pub struct Estimate {
     pub model: String,
     /// The prompt by our tokenizer (o200k), overhead included.
     pub prompt_tokens: i64,
-    /// The output cap sent to the provider.
+    /// The output cap sent to the provider, plus any room held for retrieved context
+    /// (not known yet when the reservation is taken).
     pub output_tokens: i64,
     /// The least to reserve, whatever the estimate (`MIN_RESERVATION`).
     pub floor: i64,
@@ -93,6 +94,10 @@ pub struct Reservation {
     /// leave is estimated from them when the token service cannot say.
     remaining_after_reserve: i64,
     reserved: i64,
+    /// Our count of the prompt reserved for, and of the prompt sent: they differ when
+    /// room was reserved for retrieved context that came smaller (or not at all).
+    reserved_prompt: i64,
+    sent_prompt: i64,
     /// The task that extends the reservation while it is open.
     keepalive: Option<AbortHandle>,
     /// Set once a settlement starts; `Drop` refunds a reservation without it.
@@ -150,9 +155,17 @@ impl Reservation {
             id,
             remaining_after_reserve: quota.remaining,
             reserved: reserved.reserved_tokens,
+            reserved_prompt: estimate.prompt_tokens,
+            sent_prompt: estimate.prompt_tokens,
             keepalive,
             closed: false,
         })
+    }
+
+    /// Records our count of the prompt actually sent, when it is not the one reserved
+    /// for: the provider's count is compared with it to calibrate the model.
+    pub fn prompt_sent(&mut self, tokens: i64) {
+        self.sent_prompt = tokens;
     }
 
     /// Charges `charge` instead of the reservation and answers the tokens left. When
@@ -162,12 +175,15 @@ impl Reservation {
     pub async fn settle(mut self, charge: Charge) -> i64 {
         self.close();
         let used = charge.tokens();
-        let request = settlement(
+        let mut request = settlement(
             &self.user_id,
             &self.id,
             used,
             charge.reported_prompt_tokens(),
         );
+        if self.sent_prompt != self.reserved_prompt {
+            request.sent_prompt_tokens = Some(self.sent_prompt);
+        }
         let estimated = (self.remaining_after_reserve + self.reserved - used).max(0);
         match self.backends.settle(request.clone()).await {
             Ok(settled) => settled.quota.map_or(estimated, |quota| quota.remaining),
@@ -203,6 +219,7 @@ fn settlement(
         reservation_id: id.to_owned(),
         actual_tokens: used,
         reported_prompt_tokens,
+        sent_prompt_tokens: None,
     }
 }
 

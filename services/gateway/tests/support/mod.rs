@@ -130,6 +130,19 @@ impl Stack {
             .collect())
     }
 
+    /// The token service's calibration of `model` (the provider's prompt count over
+    /// ours), if it has learnt one.
+    pub async fn calibration(&self, model: &str) -> anyhow::Result<Option<f64>> {
+        let pool = chat_common::redis::pool(&self._redis.addr, 1, Duration::from_secs(2))?;
+        let mut connection = pool.get().await?;
+        let ratio: Option<f64> = redis::cmd("HGET")
+            .arg(format!("{}calibration:{model}", self._redis.prefix))
+            .arg("ratio")
+            .query_async(&mut connection)
+            .await?;
+        Ok(ratio)
+    }
+
     /// POSTs a chat in `conversation` (or none named); answers status and body.
     pub async fn chat_in(
         &self,

@@ -25,8 +25,6 @@ struct Reserved {
     granted: bool,
     /// The day's spending after the reservation.
     used: i64,
-    /// The user had no open reservation before this one.
-    first: bool,
     /// The tokens the reservation holds.
     held: i64,
 }
@@ -49,17 +47,6 @@ impl Quota {
         let reserved = self
             .run_reserve(&mut connection, request, &day, tokens, limit, deadline_ms)
             .await?;
-        if reserved.first {
-            // After the script, never before: the sweeper drops a user only once their
-            // pending set is empty, then looks again (see `sweep_user`).
-            let listed = self
-                .list_due(&mut connection, &request.user_id, deadline_ms)
-                .await;
-            if let Err(error) = listed {
-                // The reservation stands; only an abandoned one would wait for the next.
-                tracing::warn!(user_id = %request.user_id, %error, "listing the user for the sweeper failed");
-            }
-        }
         metrics::reservation(reserved.granted);
         if !reserved.granted {
             tracing::info!(user_id = %request.user_id, tokens, used = reserved.used, "quota exceeded");
@@ -72,7 +59,12 @@ impl Quota {
         })
     }
 
-    /// The reserve script: the check against `limit` and the reservation, atomically.
+    /// The reserve script (the check against `limit` and the reservation, atomically),
+    /// and the user's place on `reservations:due`, in one round trip. The listing comes
+    /// after the script, never before: the sweeper drops a user only once their pending
+    /// set is empty, then looks again (see `delist`). Listing a user already listed
+    /// earlier changes nothing (`LT`), and one listed with nothing pending (a refused
+    /// reserve) is dropped by the sweeper's next look.
     async fn run_reserve(
         &self,
         connection: &mut Connection,
@@ -92,13 +84,33 @@ impl Quota {
             .arg(deadline_ms)
             .arg(&request.model)
             .arg(request.prompt_tokens);
-        let (granted, used, first, held): (i64, i64, i64, i64) = self
-            .redis("reserve", invocation.invoke_async(connection))
-            .await?;
+        let mut pipeline = redis::pipe();
+        pipeline
+            .invoke_script(&invocation)
+            .cmd("ZADD")
+            .arg(self.due_key())
+            .arg("LT")
+            .arg(deadline_ms)
+            .arg(&request.user_id)
+            .ignore();
+        let mut answer = self
+            .redis("reserve", pipeline.query_async(&mut *connection))
+            .await;
+        if matches!(&answer, Err(QuotaError::StoreFailed(error))
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // The script is not cached on this server yet (a restart, a new replica):
+            // load it and run both again (the listing is harmless twice).
+            self.redis("script_load", invocation.load_async(&mut *connection))
+                .await?;
+            answer = self
+                .redis("reserve", pipeline.query_async(&mut *connection))
+                .await;
+        }
+        let ((granted, used, held),): ((i64, i64, i64),) = answer?;
         Ok(Reserved {
             granted: granted == 1,
             used,
-            first: first == 1,
             held,
         })
     }

@@ -49,6 +49,7 @@ impl Quota {
             reservation_id: request.reservation_id.clone(),
             actual_tokens: request.actual_tokens,
             reported_prompt_tokens: request.reported_prompt_tokens,
+            sent_prompt_tokens: request.sent_prompt_tokens,
         };
         let error = match self.apply(&settlement).await {
             Err(error) if error.is_transient() => error,
@@ -75,12 +76,17 @@ impl Quota {
         let day = self.today()?;
         let mut connection = self.connection().await?;
         let outcome = self.run_settle(&mut connection, request, &day).await?;
+        // Our count of what was sent: the reserved one unless the caller says otherwise.
+        let ours = request
+            .sent_prompt_tokens
+            .filter(|sent| *sent > 0)
+            .unwrap_or(outcome.estimate);
         if let Some(reported) = request.reported_prompt_tokens
             && outcome.settled
-            && outcome.estimate > 0
+            && ours > 0
             && reported > 0
         {
-            let observed = reported as f64 / outcome.estimate as f64;
+            let observed = reported as f64 / ours as f64;
             self.calibrate(&mut connection, &outcome.model, observed)
                 .await;
         }

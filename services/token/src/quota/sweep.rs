@@ -127,7 +127,7 @@ impl Quota {
     }
 
     /// Lists the user on `reservations:due` by `deadline_ms`, unless listed earlier.
-    pub(super) async fn list_due(
+    async fn list_due(
         &self,
         connection: &mut Connection,
         user_id: &str,
