@@ -232,6 +232,17 @@ async fn bootstrap_creates_one_first_user_however_many_replicas_race() -> anyhow
         "{created:?}"
     );
     assert!(!server.bootstrap("admin").await?, "there are users now");
+    // Answered before any hashing now, but a bad request is still refused as one.
+    let short = CreateUserRequest {
+        user_id: "admin".into(),
+        password: Some("short".into()),
+        ..CreateUserRequest::default()
+    };
+    let refused = server.client().bootstrap(short).await;
+    assert_eq!(
+        refused.map_err(|status| status.code()).err(),
+        Some(Code::InvalidArgument)
+    );
     let users: Option<i64> = server
         .mysql()
         .await?

@@ -42,7 +42,12 @@ pub async fn run(
     chat_common::metrics::spawn_server(&settings.llm_metrics_listen).await?;
     metrics::describe(&settings.openai_model);
     let llm = Llm::new(&settings)?;
-    chat_common::tokens::warm_up();
+    // The mock counts every reply; an OpenAI-compatible provider reports its usage and
+    // is counted here only when it does not (a stream cut short, a server that omits
+    // it), so its tokenizer (about 45 MiB) is loaded on that first need instead.
+    if llm.kind() == ProviderKind::Mock {
+        chat_common::tokens::warm_up();
+    }
     let stopping = chat_common::shutdown::Shutdown::new(settings.shutdown_grace_secs);
     let (reporter, health) = chat_common::grpc::health();
     // Ready until it drains: a provider that fails is answered call by call (and

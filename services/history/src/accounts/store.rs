@@ -110,6 +110,18 @@ impl AccountStore {
         insert_user(self, &mut connection, user).await
     }
 
+    /// Whether there is any user at all.
+    pub async fn any_user(&self) -> Result<bool, AccountError> {
+        let mut connection = self.connection().await?;
+        let any: Option<i64> = self
+            .call(
+                "select_any_user",
+                connection.query_first("SELECT 1 FROM users LIMIT 1"),
+            )
+            .await?;
+        Ok(any.is_some())
+    }
+
     /// Inserts the user if there is no user at all; answers whether it did.
     pub async fn insert_first_user(&self, user: NewUser<'_>) -> Result<bool, AccountError> {
         let mut connection = self.connection().await?;
