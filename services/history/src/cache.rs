@@ -9,8 +9,9 @@
 //! last saved to) and `history:{user}:outbox` (saves waiting for MySQL, `outbox.rs`).
 //!
 //! The user id in the keys is a hash tag (`history:{u1}`, `history:{u1}#<conversation>`,
-//! their `:version`): every key a script touches is declared and in the user's one slot,
-//! so the scripts run on a Redis Cluster.
+//! their `:version`): every key a script touches is in the user's one slot, so the
+//! scripts run on a Redis Cluster. All are declared but one: `latest.lua` reads the list
+//! its pointer names, which it cannot know beforehand (same slot, by the tag).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -27,6 +28,7 @@ static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scr
 static REFILL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/refill.lua")));
 static VERSION: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/version.lua")));
+static LATEST: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/latest.lua")));
 
 /// Which list: a user's recent messages across conversations, or one conversation's.
 #[derive(Debug, Clone, Copy)]

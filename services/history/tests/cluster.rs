@@ -1,5 +1,6 @@
-//! The cache's scripts on a Redis Cluster: every key a script touches is declared and
-//! hash-tagged by user, so none fails with CROSSSLOT.
+//! The cache's scripts on a Redis Cluster: every key a script touches is hash-tagged by
+//! user (and declared, but the list `latest.lua` finds by its pointer), so none fails
+//! with CROSSSLOT.
 
 use chat_history::{History, Settings};
 use chat_proto::history_service_server::HistoryService;
@@ -61,5 +62,33 @@ async fn saves_and_refills_run_on_a_redis_cluster() -> anyhow::Result<()> {
         "the script errors would have left no cached list"
     );
     assert_eq!(list(&history).await?, ["one", "two"]);
+    // The latest conversation (each save above started one) and its list in one
+    // script: the list's key is not declared (the pointer names it) but shares the
+    // user's slot. The first read fills the list, the second finds it.
+    for cached in [false, true] {
+        let latest = history
+            .list(Request::new(ListRequest {
+                user_id: "alice".into(),
+                limit: 10,
+                latest_conversation: true,
+                ..ListRequest::default()
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(latest.from_cache, cached, "{latest:?}");
+        assert!(!latest.conversation_id.is_empty());
+        let texts: Vec<&str> = latest.messages.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["two"]);
+    }
+    // The script itself, so that a failure cannot hide behind the fallback to MySQL.
+    let (pointed, cached): (String, Vec<String>) =
+        redis::Script::new(include_str!("../src/scripts/latest.lua"))
+            .key("chat:history:{alice}:latest")
+            .arg("chat:history:{alice}#")
+            .arg(10)
+            .invoke_async(&mut connection)
+            .await?;
+    assert!(!pointed.is_empty());
+    assert_eq!(cached.len(), 1, "{cached:?}");
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! naming no conversation goes to. Every save writes it (in the append script), a new
 //! conversation sets it, MySQL's answer fills it when it is missing, and a delete drops it.
 
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, CachedMessage, LATEST, Scope};
 
 impl Cache {
     /// The key naming the conversation the user last saved to.
@@ -20,6 +20,41 @@ impl Cache {
                 redis::cmd("GET").arg(&key).query_async(connection).await
             })
             .await
+    }
+
+    /// In one round trip: the conversation the user last saved to or made (see
+    /// [`Cache::latest`]) and its newest `limit` cached messages, newest first (`None`
+    /// when its list is not cached).
+    pub async fn latest_recent(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> Result<Option<(String, Option<Vec<CachedMessage>>)>, CacheError> {
+        // The list keys' common start: the conversation's list is this plus its id.
+        let (list, _) = self.keys(Scope::Conversation {
+            user_id,
+            conversation_id: "",
+        });
+        let mut invocation = LATEST.key(self.latest_key(user_id));
+        invocation.arg(list).arg(limit);
+        let answer: Option<(String, Vec<String>)> = self
+            .redis
+            .run("latest", async |connection| {
+                invocation.invoke_async(connection).await
+            })
+            .await?;
+        let Some((conversation_id, raw)) = answer else {
+            return Ok(None);
+        };
+        if raw.is_empty() {
+            return Ok(Some((conversation_id, None)));
+        }
+        let messages = raw
+            .iter()
+            .map(|item| serde_json::from_str(item))
+            .collect::<Result<Vec<CachedMessage>, _>>()
+            .map_err(CacheError::Json)?;
+        Ok(Some((conversation_id, Some(messages))))
     }
 
     /// Makes `conversation_id` the user's latest: a conversation just made.
