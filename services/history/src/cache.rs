@@ -24,11 +24,26 @@ use crate::metrics;
 
 mod latest;
 
+pub use latest::Latest;
+
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/append.lua")));
 static REFILL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/refill.lua")));
 static VERSION: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/version.lua")));
 static LATEST: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/latest.lua")));
+
+/// A cached list's items, newest first; `None` for an empty list (a miss: a list is
+/// never cached empty).
+fn parsed(raw: &[String]) -> Result<Option<Vec<CachedMessage>>, CacheError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.iter()
+        .map(|item| serde_json::from_str(item))
+        .collect::<Result<Vec<CachedMessage>, _>>()
+        .map(Some)
+        .map_err(CacheError::Json)
+}
 
 /// Which list: a user's recent messages across conversations, or one conversation's.
 #[derive(Debug, Clone, Copy)]
@@ -148,15 +163,7 @@ impl Cache {
                     .await
             })
             .await?;
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        let messages = raw
-            .iter()
-            .map(|item| serde_json::from_str(item))
-            .collect::<Result<Vec<CachedMessage>, _>>()
-            .map_err(CacheError::Json)?;
-        Ok(Some(messages))
+        parsed(&raw)
     }
 
     /// The version to hand to [`Cache::refill`] after reading MySQL.

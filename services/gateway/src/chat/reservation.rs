@@ -94,10 +94,9 @@ pub struct Reservation {
     /// leave is estimated from them when the token service cannot say.
     remaining_after_reserve: i64,
     reserved: i64,
-    /// Our count of the prompt reserved for, and of the prompt sent: they differ when
-    /// room was reserved for retrieved context that came smaller (or not at all).
-    reserved_prompt: i64,
-    sent_prompt: i64,
+    /// Our count of the prompt sent, once known: the reserved estimate held room for
+    /// retrieved context, which may have come smaller (or not at all).
+    sent_prompt: Option<i64>,
     /// The task that extends the reservation while it is open.
     keepalive: Option<AbortHandle>,
     /// Set once a settlement starts; `Drop` refunds a reservation without it.
@@ -155,17 +154,16 @@ impl Reservation {
             id,
             remaining_after_reserve: quota.remaining,
             reserved: reserved.reserved_tokens,
-            reserved_prompt: estimate.prompt_tokens,
-            sent_prompt: estimate.prompt_tokens,
+            sent_prompt: None,
             keepalive,
             closed: false,
         })
     }
 
-    /// Records our count of the prompt actually sent, when it is not the one reserved
-    /// for: the provider's count is compared with it to calibrate the model.
+    /// Records our count of the prompt actually sent: the provider's count is compared
+    /// with it to calibrate the model.
     pub fn prompt_sent(&mut self, tokens: i64) {
-        self.sent_prompt = tokens;
+        self.sent_prompt = Some(tokens);
     }
 
     /// Charges `charge` instead of the reservation and answers the tokens left. When
@@ -181,9 +179,7 @@ impl Reservation {
             used,
             charge.reported_prompt_tokens(),
         );
-        if self.sent_prompt != self.reserved_prompt {
-            request.sent_prompt_tokens = Some(self.sent_prompt);
-        }
+        request.sent_prompt_tokens = self.sent_prompt;
         let estimated = (self.remaining_after_reserve + self.reserved - used).max(0);
         match self.backends.settle(request.clone()).await {
             Ok(settled) => settled.quota.map_or(estimated, |quota| quota.remaining),

@@ -2,7 +2,17 @@
 //! naming no conversation goes to. Every save writes it (in the append script), a new
 //! conversation sets it, MySQL's answer fills it when it is missing, and a delete drops it.
 
-use super::{Cache, CacheError, CachedMessage, LATEST, Scope};
+use super::{Cache, CacheError, CachedMessage, LATEST, Scope, parsed};
+
+/// What the pointer says of the user's latest conversation.
+pub enum Latest {
+    /// The conversation, with its newest messages, newest first, from its cached list.
+    Cached(String, Vec<CachedMessage>),
+    /// The conversation; its list is not cached.
+    To(String),
+    /// No pointer.
+    Nowhere,
+}
 
 impl Cache {
     /// The key naming the conversation the user last saved to.
@@ -23,13 +33,8 @@ impl Cache {
     }
 
     /// In one round trip: the conversation the user last saved to or made (see
-    /// [`Cache::latest`]) and its newest `limit` cached messages, newest first (`None`
-    /// when its list is not cached).
-    pub async fn latest_recent(
-        &self,
-        user_id: &str,
-        limit: u32,
-    ) -> Result<Option<(String, Option<Vec<CachedMessage>>)>, CacheError> {
+    /// [`Cache::latest`]) and its newest `limit` cached messages.
+    pub async fn latest_recent(&self, user_id: &str, limit: u32) -> Result<Latest, CacheError> {
         // The list keys' common start: the conversation's list is this plus its id.
         let (list, _) = self.keys(Scope::Conversation {
             user_id,
@@ -43,18 +48,13 @@ impl Cache {
                 invocation.invoke_async(connection).await
             })
             .await?;
-        let Some((conversation_id, raw)) = answer else {
-            return Ok(None);
-        };
-        if raw.is_empty() {
-            return Ok(Some((conversation_id, None)));
-        }
-        let messages = raw
-            .iter()
-            .map(|item| serde_json::from_str(item))
-            .collect::<Result<Vec<CachedMessage>, _>>()
-            .map_err(CacheError::Json)?;
-        Ok(Some((conversation_id, Some(messages))))
+        Ok(match answer {
+            None => Latest::Nowhere,
+            Some((conversation_id, raw)) => match parsed(&raw)? {
+                Some(newest) => Latest::Cached(conversation_id, newest),
+                None => Latest::To(conversation_id),
+            },
+        })
     }
 
     /// Makes `conversation_id` the user's latest: a conversation just made.

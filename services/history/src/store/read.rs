@@ -7,20 +7,10 @@ use chat_proto::{LatestConversationRequest, ListRequest, ListResponse, Role, Sto
 use mysql_async::prelude::Queryable;
 
 use super::History;
-use crate::cache::{CachedMessage, Scope};
+use crate::cache::{CachedMessage, Latest, Scope};
 use crate::conversations::parse_id;
 use crate::error::HistoryError;
 use crate::metrics::{self, CacheResult};
-
-/// The cache's pointer to the user's latest conversation.
-enum Pointed {
-    /// The conversation, and its newest messages, newest first, from its cached list.
-    Cached(String, Vec<CachedMessage>),
-    /// The conversation; its list is not cached.
-    To(String),
-    /// No pointer.
-    Nowhere,
-}
 
 /// A `chat_history` row as read: id, role, text, created at (Unix ms), incomplete.
 pub(crate) type MessageRow = (i64, String, String, i64, bool);
@@ -59,7 +49,7 @@ impl History {
     /// and MySQL asked.
     async fn list_latest(&self, user_id: &str, limit: u32) -> Result<ListResponse, HistoryError> {
         let pointed = match self.pointed(user_id, limit).await {
-            Ok(Pointed::Cached(conversation_id, newest)) => {
+            Ok(Latest::Cached(conversation_id, newest)) => {
                 metrics::cache_request(CacheResult::Hit);
                 return Ok(ListResponse {
                     messages: oldest_first(newest),
@@ -67,8 +57,8 @@ impl History {
                     conversation_id,
                 });
             }
-            Ok(Pointed::To(conversation_id)) => Some(conversation_id),
-            Ok(Pointed::Nowhere) => None,
+            Ok(Latest::To(conversation_id)) => Some(conversation_id),
+            Ok(Latest::Nowhere) => None,
             Err(error) => {
                 tracing::warn!(%error, "history cache unreadable; asking mysql for the latest conversation");
                 None
@@ -97,24 +87,16 @@ impl History {
 
     /// What the cache's pointer says of the user's latest conversation: with its newest
     /// `limit` messages when they are cached (one round trip for both).
-    async fn pointed(
-        &self,
-        user_id: &str,
-        limit: u32,
-    ) -> Result<Pointed, crate::cache::CacheError> {
+    async fn pointed(&self, user_id: &str, limit: u32) -> Result<Latest, crate::cache::CacheError> {
         let cache = self.cache();
         if limit > cache.size() {
             // More than a list holds: its messages come from MySQL anyway.
             return Ok(cache
                 .latest(user_id)
                 .await?
-                .map_or(Pointed::Nowhere, Pointed::To));
+                .map_or(Latest::Nowhere, Latest::To));
         }
-        Ok(match cache.latest_recent(user_id, limit).await? {
-            Some((conversation_id, Some(newest))) => Pointed::Cached(conversation_id, newest),
-            Some((conversation_id, None)) => Pointed::To(conversation_id),
-            None => Pointed::Nowhere,
-        })
+        cache.latest_recent(user_id, limit).await
     }
 
     /// The newest messages of a conversation known to be the user's latest, named in the

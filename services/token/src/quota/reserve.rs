@@ -87,11 +87,7 @@ impl Quota {
         let mut pipeline = redis::pipe();
         pipeline
             .invoke_script(&invocation)
-            .cmd("ZADD")
-            .arg(self.due_key())
-            .arg("LT")
-            .arg(deadline_ms)
-            .arg(&request.user_id)
+            .add_command(self.due_listing(&request.user_id, deadline_ms))
             .ignore();
         let mut answer = self
             .redis("reserve", pipeline.query_async(&mut *connection))

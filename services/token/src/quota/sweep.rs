@@ -135,15 +135,23 @@ impl Quota {
     ) -> Result<(), QuotaError> {
         self.redis(
             "zadd",
-            redis::cmd("ZADD")
-                .arg(self.due_key())
-                .arg("LT")
-                .arg(deadline_ms)
-                .arg(user_id)
+            self.due_listing(user_id, deadline_ms)
                 .query_async::<i64>(connection),
         )
         .await?;
         Ok(())
+    }
+
+    /// The command that lists the user on `reservations:due` by `deadline_ms`, unless
+    /// listed earlier (`LT`).
+    pub(super) fn due_listing(&self, user_id: &str, deadline_ms: i64) -> redis::Cmd {
+        let mut command = redis::cmd("ZADD");
+        command
+            .arg(self.due_key())
+            .arg("LT")
+            .arg(deadline_ms)
+            .arg(user_id);
+        command
     }
 
     /// The first [`SWEEP_BATCH`] members of the sorted set `key` scored `now_ms` or less.
