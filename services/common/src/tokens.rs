@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{LazyLock, Mutex};
 
-use tiktoken_rs::CoreBPE;
+mod bpe;
+
+use bpe::Bpe;
 
 /// Tokens a chat message costs beyond its content (role and separators), per OpenAI's
 /// published accounting for chat models.
@@ -17,7 +19,7 @@ pub const PER_MESSAGE_OVERHEAD: usize = 3;
 /// Tokens that prime every reply.
 pub const REPLY_PRIMING: usize = 3;
 
-static ENCODING: LazyLock<Option<CoreBPE>> = LazyLock::new(|| match tiktoken_rs::o200k_base() {
+static ENCODING: LazyLock<Option<Bpe>> = LazyLock::new(|| match Bpe::o200k_base() {
     Ok(encoding) => Some(encoding),
     Err(error) => {
         tracing::error!(%error, "cannot load the o200k_base encoding; estimating tokens from length");
@@ -76,12 +78,12 @@ pub fn count(text: &str) -> usize {
 }
 
 fn encode_count(text: &str) -> usize {
-    match ENCODING.as_ref() {
-        Some(encoding) => encoding.encode_ordinary(text).len(),
+    ENCODING
+        .as_ref()
+        .and_then(|encoding| encoding.count(text))
         // A safe over-estimate for every script: no tokenizer packs more than a
         // character per token on average outside English.
-        None => text.chars().count(),
-    }
+        .unwrap_or_else(|| text.chars().count())
 }
 
 /// Tokens a chat prompt made of these message contents costs, overhead included.
