@@ -54,7 +54,8 @@ pub enum AccountError {
     #[error("session store timed out")]
     RedisTimedOut,
     /// Hashing or checking a password failed for a reason other than a wrong password:
-    /// a stored hash that is not a PHC string, or a hashing task that panicked.
+    /// a stored hash that is not a PHC string, a hash that panicked, or a hashing thread
+    /// that could not start.
     #[error("password hashing failed")]
     Hashing,
     #[error(transparent)]

@@ -1,13 +1,16 @@
 //! Password hashes: argon2id with the crate's default parameters (19 MiB, 2 passes),
 //! stored as PHC strings, so the parameters can change later without breaking old
-//! hashes. Hashing takes tens of milliseconds of CPU and 19 MiB: it runs on the blocking
-//! pool, a few at a time, so a burst of logins cannot starve the runtime or the memory.
+//! hashes. Hashing takes tens of milliseconds of CPU and 19 MiB: it runs on a thread of
+//! its own, one per core, so a burst of logins cannot starve the runtime, and the memory
+//! it leaves behind is bounded. (On tokio's blocking pool, any of its threads could hash,
+//! and glibc kept a freed 19 MiB block in the arena of each one that had: a burst of
+//! logins left the process some 150 MiB larger.)
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
 
 use super::error::AccountError;
 use super::keys;
@@ -18,8 +21,7 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 #[derive(Clone)]
 pub struct Passwords {
-    /// One permit per core: more hashes at once would only queue for the CPU.
-    permits: Arc<Semaphore>,
+    hashers: Hashers,
     /// The hash of a random password nobody knows. A login for a user who does not
     /// exist (or has no password) is checked against it, so it takes as long as a
     /// wrong password and the answer time does not reveal which user ids exist.
@@ -29,11 +31,11 @@ pub struct Passwords {
 impl Passwords {
     pub async fn new() -> Result<Self, AccountError> {
         let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
-        let permits = Arc::new(Semaphore::new(cores));
+        let hashers = Hashers::start(cores)?;
         let unknowable = keys::new_session_id()?;
-        let decoy = blocking(&permits, move || hash(&unknowable)).await??;
+        let decoy = hashers.run(move || hash(&unknowable)).await??;
         Ok(Self {
-            permits,
+            hashers,
             decoy: decoy.into(),
         })
     }
@@ -42,7 +44,7 @@ impl Passwords {
     pub async fn hash(&self, password: &str) -> Result<String, AccountError> {
         check(password)?;
         let password = SecretString::from(password);
-        blocking(&self.permits, move || hash(&password)).await?
+        self.hashers.run(move || hash(&password)).await?
     }
 
     /// Whether `password` matches `stored`; with no stored hash, spends the same time
@@ -56,14 +58,18 @@ impl Passwords {
             None => (self.decoy.clone(), false),
         };
         let password = SecretString::from(password);
-        let matched = blocking(&self.permits, move || {
-            match Argon2::default().verify_password(password.expose_secret().as_bytes(), &*stored) {
-                Ok(()) => Ok(true),
-                Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-                Err(_) => Err(AccountError::Hashing),
-            }
-        })
-        .await??;
+        let matched = self
+            .hashers
+            .run(move || {
+                match Argon2::default()
+                    .verify_password(password.expose_secret().as_bytes(), &*stored)
+                {
+                    Ok(()) => Ok(true),
+                    Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
+                    Err(_) => Err(AccountError::Hashing),
+                }
+            })
+            .await??;
         Ok(matched && real)
     }
 }
@@ -86,15 +92,50 @@ fn hash(password: &SecretString) -> Result<String, AccountError> {
         .map_err(|_| AccountError::Hashing)
 }
 
-/// Runs `work` on the blocking pool once a permit is free.
-async fn blocking<T: Send + 'static>(
-    permits: &Semaphore,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, AccountError> {
-    let _permit = permits.acquire().await.map_err(|_| AccountError::Hashing)?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| AccountError::Hashing)
+/// The threads that hash, taking jobs in turn from one queue. They end when the last
+/// [`Passwords`] holding the queue is dropped.
+#[derive(Clone)]
+struct Hashers {
+    jobs: mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl Hashers {
+    fn start(threads: usize) -> Result<Self, AccountError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(job) = job else { return };
+                        // A panicking job answers nothing (its caller sees the dropped
+                        // answer); the thread goes on with the next.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|_| AccountError::Hashing)?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `work` on the next free hashing thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AccountError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = answer.send(work());
+            }))
+            .map_err(|_| AccountError::Hashing)?;
+        answered.await.map_err(|_| AccountError::Hashing)
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +151,17 @@ mod tests {
         assert!(passwords.verify("correct horse", Some(&stored)).await?);
         assert!(!passwords.verify("wrong horse", Some(&stored)).await?);
         assert!(!passwords.verify("correct horse", None).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_hashing_threads_outlive_a_panic_and_take_a_burst() -> Result<(), AccountError> {
+        let hashers = Hashers::start(2)?;
+        let panicked = hashers.run(|| -> u32 { panic!("a hash that fails") }).await;
+        assert!(matches!(panicked, Err(AccountError::Hashing)));
+        let burst = (0..16u32).map(|n| hashers.run(move || n * 2));
+        let answers = futures::future::try_join_all(burst).await?;
+        assert_eq!(answers, (0..16).map(|n| n * 2).collect::<Vec<_>>());
         Ok(())
     }
 
