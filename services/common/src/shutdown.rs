@@ -83,12 +83,17 @@ impl Shutdown {
     }
 
     /// Runs `work` as a task the drain waits for.
+    ///
+    /// The future is boxed first: a whole chat's state machine is tens of kilobytes,
+    /// and tokio moves a task's future by value (into the task, then over it with the
+    /// output, then out): copying it was the gateway's largest single cost
+    /// (`memcpy`, 18 % of its instructions under callgrind). Boxed, a pointer moves.
     pub fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tasks.spawn(work)
+        self.tasks.spawn(Box::pin(work))
     }
 
     /// Runs the task `start` makes, in the current span, as one the drain waits for, and
