@@ -4,6 +4,9 @@
 
 use chat_filter::Settings;
 
+#[global_allocator]
+static ALLOCATOR: chat_common::Allocator = chat_common::Allocator;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let outcome = async {
