@@ -34,8 +34,10 @@ pub fn warm_up() {
 
 /// Counts remembered at most; past that the memory starts again (about 1 MiB full).
 const REMEMBERED: usize = 1 << 16;
-/// Texts shorter than this are encoded each time: hashing them saves nothing.
-const REMEMBER_FROM_BYTES: usize = 32;
+/// Texts shorter than this are encoded each time: hashing them saves nothing. (Encoding
+/// even a short text, a question of twenty bytes, takes some thousands of instructions:
+/// the pattern's pieces, then a map lookup each.)
+const REMEMBER_FROM_BYTES: usize = 8;
 
 /// Counts by the text's hash, keyed by a per-process random seed so that nobody can
 /// choose texts that collide.
