@@ -64,6 +64,7 @@ pub async fn search(
                 limit: query.limit.unwrap_or(20),
                 exclude_ids: Vec::new(),
                 skip_common_terms: false,
+                without_highlights: false,
             },
             true,
         )

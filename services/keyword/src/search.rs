@@ -105,17 +105,18 @@ impl Index {
             })
             .await?;
         let conversation = &request.conversation_id;
-        let mut hits: Vec<SearchHit> = rows
+        let mut rows: Vec<Found> = rows
             .into_iter()
             .filter(|row| conversation.is_empty() || row.conversation_id == *conversation)
-            .map(|row| hit_of(row, &terms))
             .collect();
-        hits.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(b.message_id.cmp(&a.message_id))
-        });
-        hits.truncate(limit);
+        rows.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.id.cmp(&a.id)));
+        rows.truncate(limit);
+        // Highlights for the hits returned only, and only when someone will see them.
+        let highlighted = (!request.without_highlights).then_some(terms.as_slice());
+        let hits: Vec<SearchHit> = rows
+            .into_iter()
+            .map(|row| hit_of(row, highlighted))
+            .collect();
         metrics::search_hits(hits.len());
         Ok(hits)
     }
@@ -274,7 +275,7 @@ fn literal(text: &str) -> String {
     sql
 }
 
-fn hit_of(row: Found, terms: &[String]) -> SearchHit {
+fn hit_of(row: Found, highlighted: Option<&[String]>) -> SearchHit {
     SearchHit {
         message_id: row.id,
         conversation_id: row.conversation_id,
@@ -284,7 +285,9 @@ fn hit_of(row: Found, terms: &[String]) -> SearchHit {
             Role::User
         }
         .into(),
-        highlights: highlights(&row.text, terms)
+        highlights: highlighted
+            .map(|terms| highlights(&row.text, terms))
+            .unwrap_or_default()
             .into_iter()
             .map(|(start, end)| TextRange { start, end })
             .collect(),

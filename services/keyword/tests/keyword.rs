@@ -78,18 +78,20 @@ impl Fixture {
         query: &str,
         skip_common_terms: bool,
     ) -> anyhow::Result<Vec<SearchHit>> {
-        Ok(KeywordService::search(
-            &self.index,
-            Request::new(SearchRequest {
-                user_id: user.into(),
-                query: query.into(),
-                skip_common_terms,
-                ..SearchRequest::default()
-            }),
-        )
-        .await?
-        .into_inner()
-        .hits)
+        self.search_request(SearchRequest {
+            user_id: user.into(),
+            query: query.into(),
+            skip_common_terms,
+            ..SearchRequest::default()
+        })
+        .await
+    }
+
+    async fn search_request(&self, request: SearchRequest) -> anyhow::Result<Vec<SearchHit>> {
+        Ok(KeywordService::search(&self.index, Request::new(request))
+            .await?
+            .into_inner()
+            .hits)
     }
 
     async fn count(&self, sql: &str) -> anyhow::Result<i64> {
@@ -152,6 +154,23 @@ async fn a_fact_sixty_turns_back_is_found_in_english_and_in_chinese() -> anyhow:
         marked.iter().any(|piece| piece.eq_ignore_ascii_case("dog")),
         "{marked:?}"
     );
+    // Retrieval's searches ask for none: the same hits, unmarked.
+    let unmarked = fixture
+        .search_request(SearchRequest {
+            user_id: "u1".into(),
+            query: "What is my dog called?".into(),
+            without_highlights: true,
+            ..SearchRequest::default()
+        })
+        .await?;
+    assert_eq!(
+        unmarked
+            .iter()
+            .map(|hit| hit.message_id)
+            .collect::<Vec<_>>(),
+        hits.iter().map(|hit| hit.message_id).collect::<Vec<_>>()
+    );
+    assert!(unmarked.iter().all(|hit| hit.highlights.is_empty()));
 
     let hits = fixture.search("u1", "我的猫叫什么名字？").await?;
     assert_eq!(hits[0].message_id, chinese[0], "{hits:#?}");

@@ -62,6 +62,8 @@ pub async fn retrieve(
         limit: HITS,
         // A match on a word the user writes all the time is noise in a prompt.
         skip_common_terms: true,
+        // The prompt takes the text; where the terms matched is for people.
+        without_highlights: true,
         ..SearchRequest::default()
     };
     let answer = backends
