@@ -241,6 +241,11 @@ fn record_status(span: &tracing::Span, code: tonic::Code) {
 
 /// One Redis or MySQL operation: a client span with the database conventions, and
 /// `db_client_operation_duration_seconds` / `db_client_errors_total`.
+///
+/// Callers pass `work` boxed (`Box::pin(timed)`): a client's futures run to kilobytes
+/// (a pooled Redis call with its timeout, 14 KB), and every layer that takes one by
+/// value copies all of it (`memcpy` was a third of the history service's instructions;
+/// boxed, the service runs a fifth fewer per chat).
 pub async fn db<T, E: std::fmt::Display>(
     system: &'static str,
     operation: &'static str,
