@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help test faults python-venv bench soak deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
+.PHONY: help test faults python-venv bench instructions soak deps deps-down dev dev-down dev-restart dev-status dev-logs fmt lint check \
 	images standins up down logs e2e k8s
 
 help: ## list the verbs
@@ -58,6 +58,10 @@ bench: deps ## measure the stack against the bare provider (release build; resul
 	mariadb -h127.0.0.1 -P$${DEV_MYSQL_PORT:-3306} -uchat -pchat \
 		-e "DROP DATABASE IF EXISTS chat_bench; CREATE DATABASE chat_bench CHARACTER SET utf8mb4"
 	target/release/chat-bench $(BENCH_ARGS)
+
+instructions: deps ## instructions per chat of each service, counted by callgrind (release build; profiles in target/instructions/)
+	cargo build --release --bins
+	deploy/dev/instructions.sh
 
 # The soak: SOAK_SECS of chats and streams (16 clients), half of it with /metrics scraped.
 # Release binaries by default; CI runs SOAK_SECS=60 SOAK_PROFILE=debug on what `make test` built.
