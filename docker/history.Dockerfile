@@ -37,8 +37,6 @@ RUN cargo chef prepare --recipe-path recipe.json \
 # package selection as the builds below, so that features unify the same way.
 FROM chef AS dependencies
 COPY --from=planner /app/recipe.json recipe.json
-# Build settings (.cargo/config.toml: the allocator's compiled-in defaults) for every build.
-COPY .cargo/ .cargo/
 RUN cargo chef cook --release --locked --workspace --bins --recipe-path recipe.json
 
 # The crates every service uses (the services themselves are still stubs here).

@@ -19,14 +19,6 @@ pub mod user;
 
 pub use error::ErrorCode;
 
-/// The memory allocator of every service binary (each declares
-/// `#[global_allocator] static ALLOCATOR: chat_common::Allocator = chat_common::Allocator;`).
-/// mimalloc: glibc's malloc and free were 15 % of the gateway's instructions (callgrind,
-/// 300 chats), and mimalloc took 11 % off every service's. It is built to commit its
-/// arenas' memory as used (`.cargo/config.toml`), which keeps each process's RSS where
-/// glibc's was.
-pub use mimalloc::MiMalloc as Allocator;
-
 /// Turns the outcome of a service's `main` into its exit code, printing a failure as
 /// one line with its causes (`chat-token: invalid configuration: ... key "DAILY_LIMIT"`)
 /// rather than a backtrace: at start-up the logger may not exist yet.

@@ -5,9 +5,6 @@
 
 use chat_gateway::Settings;
 
-#[global_allocator]
-static ALLOCATOR: chat_common::Allocator = chat_common::Allocator;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let outcome = async {

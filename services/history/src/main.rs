@@ -4,9 +4,6 @@
 
 use chat_history::Settings;
 
-#[global_allocator]
-static ALLOCATOR: chat_common::Allocator = chat_common::Allocator;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let outcome = async {

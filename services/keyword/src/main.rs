@@ -6,9 +6,6 @@
 
 use chat_keyword::Settings;
 
-#[global_allocator]
-static ALLOCATOR: chat_common::Allocator = chat_common::Allocator;
-
 #[tokio::main]
 #[allow(clippy::print_stdout)] // `reindex` answers on stdout.
 async fn main() -> std::process::ExitCode {
