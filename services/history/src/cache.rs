@@ -108,7 +108,7 @@ impl Redis {
                 .await
                 .map_err(|_| CacheError::TimedOut)?
         };
-        chat_common::observe::db(metrics::REDIS, name, Box::pin(timed)).await
+        chat_common::observe::db(metrics::REDIS, name, timed).await
     }
 }
 

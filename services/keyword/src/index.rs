@@ -81,7 +81,7 @@ impl Index {
                 .map_err(|_| KeywordError::TimedOut)?
                 .map_err(KeywordError::Mysql)
         };
-        chat_common::observe::db(metrics::MYSQL, operation, Box::pin(timed)).await
+        chat_common::observe::db(metrics::MYSQL, operation, timed).await
     }
 
     /// Indexes the messages saved since the last round; returns how many it indexed.

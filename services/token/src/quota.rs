@@ -206,7 +206,7 @@ impl Quota {
                 Err(_) => Err(QuotaError::StoreTimedOut),
             }
         };
-        let outcome = chat_common::observe::db(metrics::REDIS, name, Box::pin(timed)).await;
+        let outcome = chat_common::observe::db(metrics::REDIS, name, timed).await;
         if outcome.is_err() {
             metrics::store_error();
         }

@@ -234,7 +234,7 @@ impl Limiter {
             }
         };
         let (allowed, remaining, reset, retry_after) =
-            chat_common::observe::db("redis", "rate_limit", Box::pin(timed)).await?;
+            chat_common::observe::db("redis", "rate_limit", timed).await?;
         let micros = |value: i64| Duration::from_micros(value.max(0).unsigned_abs());
         Ok(Decision {
             allowed: allowed == 1,

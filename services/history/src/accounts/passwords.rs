@@ -12,6 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::password_hash::{self, CustomizedPasswordHasher, PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -83,50 +84,72 @@ pub fn check(password: &str) -> Result<(), AccountError> {
 /// The PHC string of `password` under argon2id with the crate's default parameters and
 /// a new random salt.
 fn hash(password: &SecretString) -> Result<String, AccountError> {
-    let mut salt = [0u8; Salt::RECOMMENDED_LENGTH];
-    getrandom::fill(&mut salt).map_err(|_| AccountError::Hashing)?;
-    let params = Params::default();
-    let (algorithm, version) = (Algorithm::Argon2id, Version::V0x13);
-    let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
-    argon2(
-        &Argon2::new(algorithm, version, params.clone()),
-        password.expose_secret().as_bytes(),
-        &salt,
-        &mut output,
-    )?;
-    let hash = PasswordHash {
-        algorithm: algorithm.ident(),
-        version: Some(version.into()),
-        params: ParamsString::try_from(&params).map_err(|_| AccountError::Hashing)?,
-        salt: Some(Salt::new(&salt).map_err(|_| AccountError::Hashing)?),
-        hash: Some(Output::new(&output).map_err(|_| AccountError::Hashing)?),
-    };
-    Ok(hash.to_string())
+    InKeptMemory
+        .hash_password(password.expose_secret().as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(|_| AccountError::Hashing)
 }
 
 /// Whether `password` hashes to the PHC string `stored`, with the algorithm, version
 /// and parameters it names (compared in constant time).
 fn matches(password: &SecretString, stored: &str) -> Result<bool, AccountError> {
-    let hash = PasswordHash::new(stored).map_err(|_| AccountError::Hashing)?;
-    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
-        return Ok(false);
-    };
-    let algorithm =
-        Algorithm::try_from(hash.algorithm.as_str()).map_err(|_| AccountError::Hashing)?;
-    let version = match hash.version {
-        Some(version) => Version::try_from(version).map_err(|_| AccountError::Hashing)?,
-        None => Version::default(),
-    };
-    let params = Params::try_from(&hash).map_err(|_| AccountError::Hashing)?;
-    let mut output = vec![0u8; expected.len()];
-    argon2(
-        &Argon2::new(algorithm, version, params),
-        password.expose_secret().as_bytes(),
-        salt,
-        &mut output,
-    )?;
-    let computed = Output::new(&output).map_err(|_| AccountError::Hashing)?;
-    Ok(computed == *expected)
+    let stored = PasswordHash::new(stored).map_err(|_| AccountError::Hashing)?;
+    match InKeptMemory.verify_password(password.expose_secret().as_bytes(), &stored) {
+        Ok(()) => Ok(true),
+        Err(password_hash::Error::PasswordInvalid) => Ok(false),
+        Err(_) => Err(AccountError::Hashing),
+    }
+}
+
+/// Argon2 as the crate hashes behind password-hash's traits, but in this thread's kept
+/// [`MEMORY`]: the traits' own salts, PHC parsing and constant-time check (verifying
+/// comes with them) stay the crate's; only where the work happens is ours.
+struct InKeptMemory;
+
+impl CustomizedPasswordHasher<PasswordHash> for InKeptMemory {
+    type Params = Params;
+
+    fn hash_password_customized(
+        &self,
+        password: &[u8],
+        salt: &[u8],
+        algorithm: Option<&str>,
+        version: Option<u32>,
+        params: Params,
+    ) -> password_hash::Result<PasswordHash> {
+        let algorithm = algorithm
+            .map(Algorithm::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let version = version
+            .map(Version::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let mut output = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+        argon2(
+            &Argon2::new(algorithm, version, params.clone()),
+            password,
+            salt,
+            &mut output,
+        )?;
+        Ok(PasswordHash {
+            algorithm: algorithm.ident(),
+            version: Some(version.into()),
+            params: ParamsString::try_from(&params)?,
+            salt: Some(Salt::new(salt)?),
+            hash: Some(Output::new(&output)?),
+        })
+    }
+}
+
+impl PasswordHasher<PasswordHash> for InKeptMemory {
+    fn hash_password_with_salt(
+        &self,
+        password: &[u8],
+        salt: &[u8],
+    ) -> password_hash::Result<PasswordHash> {
+        self.hash_password_customized(password, salt, None, None, Params::default())
+    }
 }
 
 /// Most memory a stored hash may ask for (the default asks for 19 MiB): a hash with more
@@ -146,18 +169,16 @@ fn argon2(
     password: &[u8],
     salt: &[u8],
     output: &mut [u8],
-) -> Result<(), AccountError> {
+) -> Result<(), argon2::Error> {
     let blocks = argon2.params().block_count();
     if blocks > MAX_MEMORY_BLOCKS {
-        return Err(AccountError::Hashing);
+        return Err(argon2::Error::MemoryTooMuch);
     }
     MEMORY.with_borrow_mut(|memory| {
         if memory.len() < blocks {
             memory.resize(blocks, Block::default());
         }
-        let hashed = argon2
-            .hash_password_into_with_memory(password, salt, output, &mut memory[..])
-            .map_err(|_| AccountError::Hashing);
+        let hashed = argon2.hash_password_into_with_memory(password, salt, output, &mut memory[..]);
         // As argon2 does with its own: nothing derived from a password stays behind.
         memory[..blocks].fill(Block::default());
         hashed
@@ -230,7 +251,6 @@ mod tests {
     /// stored before and after are the same format.
     #[test]
     fn hashes_are_argon2s_own() -> Result<(), AccountError> {
-        use argon2::{PasswordHasher, PasswordVerifier};
         let password = SecretString::from("correct horse");
         let ours = hash(&password)?;
         assert!(

@@ -189,7 +189,7 @@ impl SessionStore {
                 .await
                 .map_err(|_| AccountError::RedisTimedOut)?
         };
-        chat_common::observe::db(metrics::REDIS, name, Box::pin(timed)).await
+        chat_common::observe::db(metrics::REDIS, name, timed).await
     }
 }
 

@@ -315,7 +315,7 @@ impl AccountStore {
                 Err(_) => Err(AccountError::MysqlTimedOut),
             }
         };
-        let outcome = chat_common::observe::db(metrics::MYSQL, name, Box::pin(timed)).await;
+        let outcome = chat_common::observe::db(metrics::MYSQL, name, timed).await;
         match &outcome {
             // The server answered, if only with a refusal: it is there.
             Ok(_) | Err(AccountError::Mysql(mysql_async::Error::Server(_))) => {

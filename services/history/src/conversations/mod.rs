@@ -56,7 +56,7 @@ impl History {
                 .await
                 .map_err(|_| HistoryError::ReadTimedOut)?
         };
-        let outcome = chat_common::observe::db(metrics::MYSQL, operation, Box::pin(timed)).await;
+        let outcome = chat_common::observe::db(metrics::MYSQL, operation, timed).await;
         match &outcome {
             Err(error) if error.is_outage() => self.breaker().failed_with(error),
             _ => self.breaker().succeeded(),

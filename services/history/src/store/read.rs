@@ -247,7 +247,7 @@ impl History {
         let query = connection.exec(sql, params);
         let read: Result<Vec<MessageRow>, HistoryError> = tokio::time::timeout(
             self.inner.timeout,
-            chat_common::observe::db(metrics::MYSQL, "select", Box::pin(query)),
+            chat_common::observe::db(metrics::MYSQL, "select", query),
         )
         .await
         .map_err(|_| HistoryError::ReadTimedOut)

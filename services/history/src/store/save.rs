@@ -66,7 +66,7 @@ impl History {
         let work = async {
             save.conversation_id = self.conversation_for_save(request).await?;
             let saved = self.inner.writer.save(save.clone());
-            chat_common::observe::db(metrics::MYSQL, "insert", Box::pin(saved)).await
+            chat_common::observe::db(metrics::MYSQL, "insert", saved).await
         };
         let committed = tokio::time::timeout(self.inner.save_timeout, work)
             .await
