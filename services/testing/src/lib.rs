@@ -45,9 +45,34 @@ where
 }
 
 /// A loopback port free now, for a server to bind later (one that takes an address, not
-/// a socket). Another process may take it meanwhile: a server that cannot bind it must
-/// fail loudly, and its launcher try another.
-pub(crate) fn free_port() -> anyhow::Result<u16> {
+/// a socket). Another process may take it meanwhile, so it is drawn at random from below
+/// the kernel's ephemeral range: the ports outgoing connections (to Redis, to MySQL, of
+/// every parallel test) are given come from that range, and one of them landing on a port
+/// handed out here, between the check and the server's bind, failed whole test runs. A
+/// server that still cannot bind must fail loudly, and its launcher try again.
+pub fn free_port() -> anyhow::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// Distinct draws within one process, whatever the random state repeats.
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FROM: u16 = 15000;
+    if ephemeral_from > FROM + 1000 {
+        let span = u64::from(ephemeral_from - FROM);
+        for _ in 0..64 {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+            hasher.write_u32(std::process::id());
+            let port = FROM + u16::try_from(hasher.finish() % span)?;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -65,9 +65,7 @@ async fn start_driver(driver: &Path) -> anyhow::Result<(Driver, String)> {
     let mut last_error = String::new();
     // A free port can be taken between finding it and chromedriver binding it: retry.
     for _ in 0..3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = chat_testing::free_port()?;
         let child = Command::new(driver)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

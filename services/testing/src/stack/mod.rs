@@ -121,8 +121,11 @@ impl Stack {
             Running::Processes(children) => {
                 for process in children {
                     if let Some(status) = process.child.try_wait()? {
-                        let name = &process.name;
-                        anyhow::bail!("{name} exited ({status}) before the stack was ready");
+                        return Err(ExitedEarly {
+                            name: process.name.clone(),
+                            status,
+                        }
+                        .into());
                     }
                 }
             }
@@ -130,6 +133,23 @@ impl Stack {
         Ok(())
     }
 }
+
+/// A process of the stack exited before every service was ready: most often a port it
+/// was given was taken meanwhile.
+#[derive(Debug)]
+struct ExitedEarly {
+    name: String,
+    status: std::process::ExitStatus,
+}
+
+impl std::fmt::Display for ExitedEarly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { name, status } = self;
+        write!(f, "{name} exited ({status}) before the stack was ready")
+    }
+}
+
+impl std::error::Error for ExitedEarly {}
 
 /// Whether the service at `addr` answers its health check: `GET /health` if `http`,
 /// the gRPC health service otherwise.

@@ -49,6 +49,25 @@ impl Stack {
         options: &Processes,
         gateway_env: &[Vec<(String, String)>],
     ) -> anyhow::Result<Self> {
+        // A port handed out by `free_port` can still be taken before the service binds
+        // it; the service then exits, and the whole stack starts again on other ports.
+        let mut attempts = 1;
+        loop {
+            match Self::start_processes(backing, options, gateway_env).await {
+                Err(error) if error.is::<super::ExitedEarly>() && attempts < 3 => {
+                    tracing::warn!(%error, "starting the stack again");
+                    attempts += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_processes(
+        backing: &Backing,
+        options: &Processes,
+        gateway_env: &[Vec<(String, String)>],
+    ) -> anyhow::Result<Self> {
         let mut ports = BTreeMap::new();
         for service in BACKENDS {
             ports.insert(service, free_port()?);
