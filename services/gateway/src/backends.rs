@@ -187,12 +187,20 @@ impl Backends {
     /// Saves a turn into the conversation the request names (a new one when it names
     /// none); answers where it went, or `None` when neither MySQL nor the history's
     /// outbox took it. One retry, under the same request id, so a save whose answer was
-    /// lost is not stored twice.
-    pub async fn save_turn(&self, mut turn: SaveRequest) -> Option<SaveResponse> {
+    /// lost is not stored twice. `new_if_gone`: the conversation was not the caller's
+    /// choice but the latest one history named, so if it is gone (MySQL lost it while
+    /// Redis still pointed at it) the turn starts a new one rather than being lost.
+    pub async fn save_turn(
+        &self,
+        mut turn: SaveRequest,
+        mut new_if_gone: bool,
+    ) -> Option<SaveResponse> {
         if turn.request_id.is_empty() {
             turn.request_id = uuid::Uuid::new_v4().simple().to_string();
         }
-        for attempt in 1..=2 {
+        let mut attempt = 0;
+        while attempt < 2 {
+            attempt += 1;
             let request = self.history_deadline.unary(turn.clone());
             match self.history.clone().save(request).await {
                 Ok(saved) => return Some(saved.into_inner()),
@@ -206,6 +214,15 @@ impl Backends {
                         message = %status.message(),
                         "saving the turn to history failed"
                     );
+                    if status.code() == Code::NotFound
+                        && new_if_gone
+                        && !turn.conversation_id.is_empty()
+                    {
+                        turn.conversation_id.clear();
+                        new_if_gone = false;
+                        attempt -= 1;
+                        continue;
+                    }
                     // Deleted mid-turn, or refused: a retry cannot change that.
                     if matches!(status.code(), Code::NotFound | Code::InvalidArgument) {
                         return None;

@@ -234,6 +234,56 @@ async fn a_deleted_conversation_leaves_mysql_and_the_cache_and_then_is_404() -> 
     Ok(())
 }
 
+/// MySQL lost the user's latest conversation (its data reset or restored from an older
+/// backup) while Redis still points at it and caches its messages: the next chat that
+/// names no conversation is still saved, in a new one, and the chats after it go there.
+#[tokio::test]
+async fn a_latest_conversation_mysql_lost_is_replaced_not_saved_into() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (_, first) = stack.chat("u1", "before the reset").await?;
+    let lost = first["conversation_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The second chat reads the first as context: the pointer and the list are cached.
+    stack.chat("u1", "still before").await?;
+    let mut mysql = stack.mysql().await?;
+    mysql
+        .exec_drop(
+            "DELETE FROM chat_history WHERE conversation_id = ?",
+            (&lost,),
+        )
+        .await?;
+    mysql
+        .exec_drop("DELETE FROM conversations WHERE id = ?", (&lost,))
+        .await?;
+    assert!(
+        stack
+            .redis_keys()
+            .await?
+            .iter()
+            .any(|key| key.contains(&lost))
+    );
+
+    let (status, after) = stack.chat("u1", "after the reset").await?;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(after["history_saved"], true, "{after}");
+    let replacement = after["conversation_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(replacement.len(), 36, "{after}");
+    assert_ne!(replacement, lost);
+    let (_, next) = stack.chat("u1", "and then").await?;
+    assert_eq!(next["conversation_id"], replacement.as_str(), "{next}");
+    assert_eq!(
+        last_prompt(&stack),
+        ["after the reset", "echo: after the reset", "and then"],
+        "the lost conversation's cached messages are not context any more"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn erasing_all_leaves_nothing_of_the_users_messages_in_mysql_or_redis() -> anyhow::Result<()>
 {

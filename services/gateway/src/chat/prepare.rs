@@ -19,6 +19,8 @@ pub struct Turn {
     /// The conversation the turn goes to; empty when the history service could not say
     /// (the save then starts a new one).
     pub conversation_id: String,
+    /// Whether the caller named the conversation (else it is their latest).
+    named: bool,
     /// The user's text as the filter cleaned it: what the model sees and history keeps.
     pub cleaned: String,
     messages: Vec<ChatMessage>,
@@ -50,6 +52,7 @@ pub async fn prepare(
     conversation: Option<String>,
 ) -> Result<Turn, ApiError> {
     let user_id = caller.user_id.clone();
+    let named = conversation.as_ref().is_some_and(|id| !id.is_empty());
     if text.trim().is_empty() {
         return Err(ApiError::InvalidText("text is empty".to_owned()));
     }
@@ -101,6 +104,7 @@ pub async fn prepare(
         backends: backends.clone(),
         user_id,
         conversation_id,
+        named,
         cleaned,
         messages: prompt.messages,
         prompt_tokens: prompt.tokens,
@@ -167,6 +171,7 @@ impl Turn {
             backends,
             user_id,
             conversation_id,
+            named,
             cleaned,
             reservation,
             ..
@@ -188,7 +193,8 @@ impl Turn {
             conversation_id: conversation_id.clone(),
             ..SaveRequest::default()
         };
-        let (remaining, saved) = tokio::join!(reservation.settle(charge), backends.save_turn(turn));
+        let (remaining, saved) =
+            tokio::join!(reservation.settle(charge), backends.save_turn(turn, !named));
         Closed {
             cleaned,
             remaining,

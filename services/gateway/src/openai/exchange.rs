@@ -211,7 +211,7 @@ async fn save_exchange(backends: &Backends, save: SaveRequest) -> Option<String>
         return None;
     }
     // Queued while MySQL is away, a save by key does not know its conversation yet.
-    let saved = backends.save_turn(save).await?;
+    let saved = backends.save_turn(save, false).await?;
     Some(saved.conversation_id).filter(|id| !id.is_empty())
 }
 

@@ -68,9 +68,17 @@ impl History {
             let saved = self.inner.writer.save(save.clone());
             chat_common::observe::db(metrics::MYSQL, "insert", saved).await
         };
-        let committed = tokio::time::timeout(self.inner.save_timeout, work)
-            .await
-            .map_err(|_| HistoryError::WriteTimedOut)??;
+        let committed = match tokio::time::timeout(self.inner.save_timeout, work).await {
+            Err(_) => return Err(HistoryError::WriteTimedOut),
+            Ok(Err(HistoryError::ConversationNotFound)) => {
+                // Redis may still point at it or cache its lists (a conversation MySQL
+                // lost, as when its data was reset): drop them, so that the next chat
+                // asks MySQL which conversation is the latest.
+                self.forget_later(&save.user_id, &save.conversation_id);
+                return Err(HistoryError::ConversationNotFound);
+            }
+            Ok(committed) => committed?,
+        };
         self.inner.breaker.succeeded();
         if committed.fresh
             && let Err(error) = self
