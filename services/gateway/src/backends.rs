@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chat_common::grpc::{ObservedChannel, observed_channel};
 use chat_common::observe::Deadline;
+use chat_common::shutdown::Shutdown;
 use chat_proto::account_service_client::AccountServiceClient;
 use chat_proto::filter_service_client::FilterServiceClient;
 use chat_proto::history_service_client::HistoryServiceClient;
@@ -46,6 +47,10 @@ pub struct Backends {
     llm_deadline: Deadline,
     history_deadline: Deadline,
     accounts_deadline: Deadline,
+    /// The shutdown whose drain waits for work these calls leave running in the
+    /// background (settlements being retried); one of their own until
+    /// [`Backends::with_shutdown`] names the process's.
+    background: Shutdown,
 }
 
 fn deadline(millis: u64) -> Deadline {
@@ -74,7 +79,19 @@ impl Backends {
             llm_deadline: deadline(settings.llm_timeout_ms),
             history_deadline: deadline(settings.history_timeout_ms),
             accounts_deadline: deadline(settings.accounts_timeout_ms),
+            background: Shutdown::new(settings.shutdown_grace_secs),
         })
+    }
+
+    /// The same clients, with their background work waited for by `stopping`'s drain.
+    pub fn with_shutdown(mut self, stopping: Shutdown) -> Self {
+        self.background = stopping;
+        self
+    }
+
+    /// The shutdown background work belongs to.
+    pub fn background(&self) -> &Shutdown {
+        &self.background
     }
 
     /// Whether a keyword service is configured.

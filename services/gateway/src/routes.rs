@@ -46,6 +46,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(settings: &Settings, backends: Backends) -> anyhow::Result<Self> {
+        let stopping = Shutdown::new(settings.shutdown_grace_secs);
+        let backends = backends.with_shutdown(stopping.clone());
         Ok(Self {
             auth: Authenticator::new(
                 settings.auth_mode,
@@ -59,7 +61,7 @@ impl AppState {
             admission: Admission::new(settings),
             max_body_bytes: settings.max_body_bytes,
             cookie_secure: CookieSecure::from_setting(&settings.cookie_secure)?,
-            stopping: Shutdown::new(settings.shutdown_grace_secs),
+            stopping,
             readiness: Readiness::new(settings)?,
             backends,
         })

@@ -10,8 +10,10 @@
 //!   backoff, for [`SETTLE_RETRY_WINDOW`]; the caller is answered at once with the
 //!   quota the settlement will leave. One arriving after the sweeper refunded the
 //!   reservation still charges, once (the token service keeps a tombstone). When the
-//!   token service stays away for the whole window (or this process dies meanwhile), the
-//!   usage goes uncharged: logged, and counted in `gateway_settlements_abandoned_total`.
+//!   token service stays away for the whole window, the usage goes uncharged: logged,
+//!   and counted in `gateway_settlements_abandoned_total`. A graceful stop waits for the
+//!   retries as for a chat, and when its grace is nearly over tries each once more
+//!   before giving up on it the same way; only a killed process loses them unlogged.
 //!   When only Redis is away, the token service journals the settlement itself.
 //! - A reserve whose answer was lost (an error or a timeout on the way back) may have
 //!   been granted: it is settled to 0 by its id in the background, and a reserve landing
@@ -241,13 +243,17 @@ async fn keep_alive(backends: Backends, request: ExtendRequest, every: Duration)
 /// Retries `request` with backoff until the token service takes it, for at most
 /// [`SETTLE_RETRY_WINDOW`]; settling is idempotent by reservation id, so an attempt
 /// that did land and lost its answer is harmless to repeat.
+/// The process's shutdown waits for it; when its grace is nearly over, the retry is
+/// tried once more at once, and given up on if that fails too.
 fn settle_in_background(backends: Backends, request: SettleRequest) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    if tokio::runtime::Handle::try_current().is_err() {
         return;
-    };
-    runtime.spawn(async move {
+    }
+    let stopping = backends.background().clone();
+    stopping.clone().spawn(async move {
         let started = tokio::time::Instant::now();
         let mut pause = FIRST_PAUSE;
+        let mut last = false;
         loop {
             let outcome = backends.settle(request.clone()).await;
             match outcome {
@@ -256,7 +262,7 @@ fn settle_in_background(backends: Backends, request: SettleRequest) {
                     tracing::error!(code = ?status.code(), message = %status.message(), "the token service refused a settlement");
                     return;
                 }
-                Err(status) if started.elapsed() + pause > SETTLE_RETRY_WINDOW => {
+                Err(status) if last || started.elapsed() + pause > SETTLE_RETRY_WINDOW => {
                     metrics::settlement_abandoned();
                     tracing::error!(
                         user_id = %request.user_id,
@@ -269,7 +275,10 @@ fn settle_in_background(backends: Backends, request: SettleRequest) {
                     return;
                 }
                 Err(_) => {
-                    tokio::time::sleep(pause).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = stopping.interrupted() => last = true,
+                    }
                     pause = (pause * 2).min(LONGEST_PAUSE);
                 }
             }

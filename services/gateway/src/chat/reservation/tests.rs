@@ -1,3 +1,4 @@
+use chat_common::shutdown::Shutdown;
 use chat_testing::TestRedis;
 use tokio::net::TcpListener;
 
@@ -173,6 +174,90 @@ async fn a_settlement_the_token_service_missed_is_retried_until_it_takes_it() ->
         remaining_becomes(&backends, 880).await?,
         880,
         "charged once the token service was back"
+    );
+    Ok(())
+}
+
+/// A graceful stop waits for a settlement still being retried: the token service comes
+/// back during the drain, and the usage is charged before the drain ends.
+#[tokio::test]
+async fn a_drain_waits_for_a_settlement_being_retried() -> anyhow::Result<()> {
+    chat_common::telemetry::init_for_tests();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let redis = TestRedis::new().await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let local = listener.local_addr()?;
+    let token = chat_token::Settings {
+        redis_addr: redis.addr.clone(),
+        redis_key_prefix: redis.prefix.clone(),
+        token_metrics_listen: String::new(),
+        daily_limit: 1000,
+        ..chat_token::Settings::default()
+    };
+    let first_run = tokio::spawn(chat_token::run(token.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let stopping = Shutdown::new(6);
+    let backends = Backends::connect(&Settings {
+        token_addr: format!("http://{local}"),
+        token_timeout_ms: 1000,
+        ..Settings::default()
+    })?
+    .with_shutdown(stopping.clone());
+    wait_for(&backends).await?;
+    let reservation = Reservation::take(&backends, &reserver(), &flat(300)).await?;
+    let _ = stop.send(());
+    first_run.await??;
+    assert_eq!(reservation.settle(Charge::Counted(120)).await, 880);
+
+    let drain = tokio::spawn(async move { stopping.drain(async {}).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!drain.is_finished(), "the drain waits for the retry");
+    let listener = TcpListener::bind(local).await?;
+    tokio::spawn(chat_token::run(token, listener, std::future::pending()));
+    let drained = drain.await?;
+    assert_eq!((drained.tasks_at_start, drained.abandoned), (1, 0));
+    assert_eq!(
+        remaining(&backends).await?,
+        880,
+        "charged before the drain ended"
+    );
+    Ok(())
+}
+
+/// A settlement the token service never takes holds a stop up only until its grace is
+/// nearly over: then it is tried once more and given up on, within the grace.
+#[tokio::test]
+async fn a_drain_gives_up_on_a_settlement_at_the_end_of_its_grace() -> anyhow::Result<()> {
+    let (backends, _redis) = token_service(1000).await?;
+    let stopping = Shutdown::new(2);
+    let backends = backends.with_shutdown(stopping.clone());
+    let mut reservation = Reservation::take(&backends, &reserver(), &flat(300)).await?;
+    // Its settlement goes to a token service that is not there.
+    let nowhere = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    reservation.backends = Backends::connect(&Settings {
+        token_addr: format!("http://{nowhere}"),
+        token_timeout_ms: 500,
+        ..Settings::default()
+    })?
+    .with_shutdown(stopping.clone());
+    assert_eq!(reservation.settle(Charge::Counted(120)).await, 880);
+
+    let started = std::time::Instant::now();
+    let drained = stopping.drain(async {}).await;
+    assert_eq!(
+        (
+            drained.tasks_at_start,
+            drained.interrupted,
+            drained.abandoned
+        ),
+        (1, 1, 0),
+        "interrupted, then given up on within the grace"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
     );
     Ok(())
 }
