@@ -12,13 +12,17 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Subscriber;
+use std::sync::Arc;
+
+use tracing::subscriber::Interest;
+use tracing::{Level, Metadata, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{FilterExt, FilterFn, LevelFilter, filter_fn};
 use tracing_subscriber::fmt::{MakeWriter, TestWriter};
+use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Flushes buffered spans when dropped: keep it alive for the whole of `main`.
@@ -65,31 +69,8 @@ pub fn init(service: &'static str) -> Telemetry {
     // The standard switch: no spans at all (no trace ids in logs or headers either).
     let traces_on =
         !std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
-    // RUST_LOG filters the log lines only: traces keep every info span whatever the
-    // log level, so `RUST_LOG=warn` does not turn tracing off.
-    // No busy/idle time and thread attributes on spans: timing every poll of every span
-    // showed in the profiles, and a span's start and end already say how long it took.
-    // No OpenTelemetry context made current on every poll either: nothing here reads
-    // `opentelemetry::Context::current()` (propagation and log lines take the context
-    // from the tracing span). No source location or target: most spans are made by the
-    // `observe` helpers, so they would name the helper, not the work.
-    let installed = tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_tracked_inactivity(false)
-                .with_threads(false)
-                .with_context_activation(false)
-                .with_location(false)
-                .with_target(false)
-                .with_filter(if traces_on {
-                    LevelFilter::INFO
-                } else {
-                    LevelFilter::OFF
-                }),
-        )
-        .with(json_lines(std::io::stdout).with_filter(filter.and(events_only())))
-        .try_init();
+    let dynamic = std::env::var("RUST_LOG").is_ok_and(|directives| directives.contains('['));
+    let installed = install(tracer, traces_on, filter, dynamic, std::io::stdout);
     if installed.is_ok() {
         tracing::info!(
             service,
@@ -102,6 +83,135 @@ pub fn init(service: &'static str) -> Telemetry {
         }
     }
     Telemetry { provider }
+}
+
+/// Installs the process's subscriber: OpenTelemetry spans (every info span, when
+/// `traces_on`) and JSON log lines (the events `logs` lets through).
+///
+/// RUST_LOG filters the log lines only: traces keep every info span whatever the log
+/// level, so `RUST_LOG=warn` does not turn tracing off. No busy/idle time and thread
+/// attributes on spans: timing every poll of every span showed in the profiles, and a
+/// span's start and end already say how long it took. No OpenTelemetry context made
+/// current on every poll either: nothing here reads `opentelemetry::Context::current()`
+/// (propagation and log lines take the context from the tracing span). No source
+/// location or target: most spans are made by the `observe` helpers, so they would name
+/// the helper, not the work.
+///
+/// One filter decides for the whole subscriber ([`Gate`]), and the log lines see events
+/// only ([`EventsOnly`]): with a filter per layer, every span's every enter, exit and
+/// close looked the span up once more per layer to read which layers it was enabled
+/// for (4 % of the gateway's instructions). A `RUST_LOG` with span directives (`[...]`)
+/// needs the per-layer filters to see spans, and gets them (`dynamic`); the one
+/// difference in the fast composition: at `RUST_LOG=debug`, debug events inside a span
+/// are span events in its trace too, as info events always are.
+fn install<W>(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    traces_on: bool,
+    logs: EnvFilter,
+    dynamic: bool,
+    make_writer: W,
+) -> Result<(), TryInitError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    fn otel<S: Subscriber + for<'a> LookupSpan<'a>>(
+        tracer: opentelemetry_sdk::trace::SdkTracer,
+    ) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer> {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_context_activation(false)
+            .with_location(false)
+            .with_target(false)
+    }
+    if dynamic {
+        let traces = if traces_on {
+            LevelFilter::INFO
+        } else {
+            LevelFilter::OFF
+        };
+        return tracing_subscriber::registry()
+            .with(otel(tracer).with_filter(traces))
+            .with(json_lines(make_writer).with_filter(logs.and(events_only())))
+            .try_init();
+    }
+    // Layered directly on the registry, not boxed: a boxed stack of layers hides from
+    // tracing-subscriber that it has no per-layer filter, and it then asks `enabled` of
+    // every disabled trace-level callsite (h2's), on every use.
+    let logs = Arc::new(logs);
+    tracing_subscriber::registry()
+        .with(Gate {
+            traces_on,
+            logs: Arc::clone(&logs),
+        })
+        .with(otel(tracer))
+        .with(EventsOnly {
+            inner: json_lines(make_writer),
+            logs,
+        })
+        .try_init()
+}
+
+/// The subscriber's one filter (see [`layers`]): spans and events at info and above
+/// when traces are on, and the events `logs` lets through.
+struct Gate {
+    traces_on: bool,
+    logs: Arc<EnvFilter>,
+}
+
+impl Gate {
+    fn traced(&self, metadata: &Metadata<'_>) -> bool {
+        self.traces_on && *metadata.level() <= Level::INFO
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Gate {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if self.traced(metadata) {
+            Interest::always()
+        } else if metadata.is_span() {
+            Interest::never()
+        } else {
+            Layer::<S>::register_callsite(&*self.logs, metadata)
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, cx: LayerContext<'_, S>) -> bool {
+        self.traced(metadata) || (metadata.is_event() && self.logs.enabled(metadata, cx))
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        let traces = if self.traces_on {
+            LevelFilter::INFO
+        } else {
+            LevelFilter::OFF
+        };
+        Some(traces.max(self.logs.max_level_hint().unwrap_or(LevelFilter::TRACE)))
+    }
+}
+
+/// A layer that sees events only, those `logs` lets through: the JSON lines, which
+/// write no span fields (the span and trace ids come from the current span).
+struct EventsOnly<L> {
+    inner: L,
+    logs: Arc<EnvFilter>,
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>, L: Layer<S>> Layer<S> for EventsOnly<L> {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.inner.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.inner.on_layer(subscriber);
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, cx: LayerContext<'_, S>) {
+        if self.logs.enabled(event.metadata(), cx.clone()) {
+            self.inner.on_event(event, cx);
+        }
+    }
 }
 
 /// Tracing for tests that run services in-process: real spans and trace ids (so trace
@@ -228,18 +338,14 @@ mod tests {
         // logged. Installed globally, as in production: the ids come from the process's
         // current span, which a scoped dispatcher (`with_default`) hides from code running
         // inside an event. No other test of this crate installs a subscriber.
-        tracing_subscriber::registry()
-            .with(
-                tracing_opentelemetry::layer()
-                    .with_tracer(provider.tracer("test"))
-                    .with_filter(LevelFilter::INFO),
-            )
-            .with(
-                json_lines(move || writer.clone())
-                    .with_filter(EnvFilter::new("warn").and(events_only())),
-            )
-            .try_init()
-            .map_err(|error| error.to_string())?;
+        install(
+            provider.tracer("test"),
+            true,
+            EnvFilter::new("warn"),
+            false,
+            move || writer.clone(),
+        )
+        .map_err(|error| error.to_string())?;
         tracing::warn!(attempt = 2, "outside any request");
         let (trace_id, span_id) = {
             let request = tracing::info_span!("request", user_id = "u1");

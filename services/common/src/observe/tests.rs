@@ -51,12 +51,21 @@ fn the_injected_trace_context_is_the_w3c_propagators() {
     use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry_sdk::propagation::TraceContextPropagator;
 
-    crate::telemetry::init_for_tests();
-    let span = tracing::info_span!("a call");
-    let mut ours = http::HeaderMap::new();
-    inject_trace_context(&span, &mut ours);
-    let mut standard = std::collections::HashMap::new();
-    TraceContextPropagator::new().inject_context(&span.context(), &mut standard);
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    // A subscriber of this test's own: the telemetry tests install the global one.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let (ours, standard) = tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!("a call");
+        let mut ours = http::HeaderMap::new();
+        inject_trace_context(&span, &mut ours);
+        let mut standard = std::collections::HashMap::new();
+        TraceContextPropagator::new().inject_context(&span.context(), &mut standard);
+        (ours, standard)
+    });
     let traceparent = ours
         .get("traceparent")
         .and_then(|value| value.to_str().ok());
