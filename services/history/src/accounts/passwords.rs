@@ -5,7 +5,8 @@
 //! memory it keeps, so the process holds 19 MiB per core for it and no more. (Hashed on
 //! tokio's blocking pool in memory argon2 allocated per hash, glibc kept the freed blocks
 //! in the arena of every thread that had hashed: the bench's setup, 128 users made,
-//! left the process at 150–177 MiB; now 55.)
+//! left the process at 150–177 MiB; now 55.) A thread that has hashed nothing for
+//! [`KEEP_MEMORY_IDLE`] gives its memory back, so an idle process holds none of it.
 
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
@@ -35,7 +36,7 @@ pub struct Passwords {
 impl Passwords {
     pub async fn new() -> Result<Self, AccountError> {
         let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
-        let hashers = Hashers::start(cores)?;
+        let hashers = Hashers::start(cores, KEEP_MEMORY_IDLE)?;
         let unknowable = keys::new_session_id()?;
         let decoy = hashers.run(move || hash(&unknowable)).await??;
         Ok(Self {
@@ -156,10 +157,15 @@ impl PasswordHasher<PasswordHash> for InKeptMemory {
 /// is refused rather than allowed to grow the process.
 const MAX_MEMORY_BLOCKS: usize = 256 * 1024;
 
+/// How long a hashing thread keeps its memory with no hash to do.
+const KEEP_MEMORY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 thread_local! {
-    /// Argon2's working memory, one per hashing thread, kept for the thread's life: made
-    /// once, it is never freed for glibc to keep in an arena, as argon2's own per-hash
-    /// allocation was (a burst of logins left ~100 MiB behind).
+    /// Argon2's working memory, one per hashing thread, kept while the thread is busy:
+    /// made once per burst, not per hash for glibc to keep in an arena, as argon2's own
+    /// per-hash allocation was (a burst of logins left ~100 MiB behind). Given back
+    /// whole after [`KEEP_MEMORY_IDLE`] without a hash (19 MiB is far above glibc's mmap
+    /// threshold, so it goes back to the system).
     static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -195,7 +201,7 @@ struct Hashers {
 type Job = Box<dyn FnOnce() + Send>;
 
 impl Hashers {
-    fn start(threads: usize) -> Result<Self, AccountError> {
+    fn start(threads: usize, keep_memory_idle: std::time::Duration) -> Result<Self, AccountError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..threads {
@@ -204,11 +210,22 @@ impl Hashers {
                 .name(format!("argon2-{n}"))
                 .spawn(move || {
                     loop {
-                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                        let Ok(job) = job else { return };
-                        // A panicking job answers nothing (its caller sees the dropped
-                        // answer); the thread goes on with the next.
-                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .recv_timeout(keep_memory_idle);
+                        match job {
+                            // A panicking job answers nothing (its caller sees the
+                            // dropped answer); the thread goes on with the next.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                            }
+                            // Zeroed after its last use already.
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                MEMORY.with_borrow_mut(|memory| *memory = Vec::new());
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
                     }
                 })
                 .map_err(|_| AccountError::Hashing)?;
@@ -293,12 +310,28 @@ mod tests {
 
     #[tokio::test]
     async fn the_hashing_threads_outlive_a_panic_and_take_a_burst() -> Result<(), AccountError> {
-        let hashers = Hashers::start(2)?;
+        let hashers = Hashers::start(2, KEEP_MEMORY_IDLE)?;
         let panicked = hashers.run(|| -> u32 { panic!("a hash that fails") }).await;
         assert!(matches!(panicked, Err(AccountError::Hashing)));
         let burst = (0..16u32).map(|n| hashers.run(move || n * 2));
         let answers = futures::future::try_join_all(burst).await?;
         assert_eq!(answers, (0..16).map(|n| n * 2).collect::<Vec<_>>());
+        Ok(())
+    }
+
+    /// A hashing thread keeps argon2's memory between hashes, and gives it back once it
+    /// has had nothing to hash for a while.
+    #[tokio::test]
+    async fn an_idle_hashing_thread_gives_its_memory_back() -> Result<(), AccountError> {
+        let idle = std::time::Duration::from_millis(300);
+        let hashers = Hashers::start(1, idle)?;
+        let kept = || MEMORY.with_borrow(Vec::len);
+        let blocks = Params::default().block_count();
+        let password = SecretString::from("correct horse battery");
+        hashers.run(move || hash(&password)).await??;
+        assert_eq!(hashers.run(kept).await?, blocks, "kept between hashes");
+        tokio::time::sleep(idle * 3).await;
+        assert_eq!(hashers.run(kept).await?, 0, "given back when idle");
         Ok(())
     }
 
