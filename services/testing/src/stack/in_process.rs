@@ -85,6 +85,11 @@ impl Listeners {
             token_timeout_ms: 5000,
             history_timeout_ms: 5000,
             llm_timeout_ms: 10_000,
+            // As the other deadlines: a test that sets a rate limit checks the shared
+            // limiter, and on a machine busy with the whole suite a Redis answer can take
+            // longer than the production 100 ms, which would switch the limiter to its
+            // in-process fallback mid-test (its own tests run it as processes).
+            rate_limit_redis_timeout_ms: 5000,
             rate_limit_per_minute: 0,
             read_rate_limit_per_minute: 0,
             address_rate_limit_per_minute: 0,
