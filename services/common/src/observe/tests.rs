@@ -1,4 +1,8 @@
+use super::server::{SERVER_METHODS, Served, server_labels};
+use super::trace_context::parse_traceparent;
 use super::*;
+use opentelemetry::global;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[test]
 fn server_labels_are_bounded_to_known_services_and_methods() {
