@@ -203,24 +203,34 @@ impl Backends {
 
     /// Saves a turn into the conversation the request names (a new one when it names
     /// none); answers where it went, or `None` when neither MySQL nor the history's
-    /// outbox took it. One retry, under the same request id, so a save whose answer was
-    /// lost is not stored twice. `new_if_gone`: the conversation was not the caller's
-    /// choice but the latest one history named, so if it is gone (MySQL lost it while
-    /// Redis still pointed at it) the turn starts a new one rather than being lost.
+    /// outbox took it. `new_if_gone`: the conversation was not the caller's choice but
+    /// the latest one history named, so if it is gone (MySQL lost it while Redis still
+    /// pointed at it) the turn starts a new one rather than being lost.
     pub async fn save_turn(
         &self,
         mut turn: SaveRequest,
-        mut new_if_gone: bool,
+        new_if_gone: bool,
     ) -> Option<SaveResponse> {
         if turn.request_id.is_empty() {
             turn.request_id = uuid::Uuid::new_v4().simple().to_string();
         }
-        let mut attempt = 0;
-        while attempt < 2 {
-            attempt += 1;
+        match self.save_retried(&turn).await {
+            Err(Code::NotFound) if new_if_gone && !turn.conversation_id.is_empty() => {
+                turn.conversation_id.clear();
+                self.save_retried(&turn).await.ok()
+            }
+            saved => saved.ok(),
+        }
+    }
+
+    /// One save, retried once under the same request id, so a save whose answer was
+    /// lost is not stored twice; the code of the last failure otherwise.
+    async fn save_retried(&self, turn: &SaveRequest) -> Result<SaveResponse, Code> {
+        let mut failed = Code::Unknown;
+        for attempt in 1..=2 {
             let request = self.history_deadline.unary(turn.clone());
             match self.history.clone().save(request).await {
-                Ok(saved) => return Some(saved.into_inner()),
+                Ok(saved) => return Ok(saved.into_inner()),
                 Err(status) => {
                     tracing::error!(
                         attempt,
@@ -231,23 +241,15 @@ impl Backends {
                         message = %status.message(),
                         "saving the turn to history failed"
                     );
-                    if status.code() == Code::NotFound
-                        && new_if_gone
-                        && !turn.conversation_id.is_empty()
-                    {
-                        turn.conversation_id.clear();
-                        new_if_gone = false;
-                        attempt -= 1;
-                        continue;
-                    }
+                    failed = status.code();
                     // Deleted mid-turn, or refused: a retry cannot change that.
-                    if matches!(status.code(), Code::NotFound | Code::InvalidArgument) {
-                        return None;
+                    if matches!(failed, Code::NotFound | Code::InvalidArgument) {
+                        break;
                     }
                 }
             }
         }
-        None
+        Err(failed)
     }
 
     /// The newest messages of one conversation of the user, oldest first: a chat's

@@ -38,6 +38,14 @@ async fn new_conversation(stack: &Stack, user: &str) -> anyhow::Result<String> {
     Ok(created["id"].as_str().unwrap_or_default().to_owned())
 }
 
+/// The conversation a chat's answer names ("" without one).
+fn conversation_of(answer: &Value) -> String {
+    answer["conversation_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The contents of the messages the provider was sent in its latest request.
 fn last_prompt(stack: &Stack) -> Vec<String> {
     stack
@@ -116,10 +124,7 @@ async fn a_chat_without_a_conversation_continues_the_most_recent_one() -> anyhow
     let stack = Stack::start().await?;
     let (status, first) = stack.chat("u1", "remember the number 42").await?;
     assert_eq!(status, StatusCode::OK, "{first}");
-    let opened = first["conversation_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let opened = conversation_of(&first);
     assert_eq!(opened.len(), 36, "{first}");
     let (_, second) = stack.chat("u1", "which number?").await?;
     assert_eq!(second["conversation_id"], opened.as_str());
@@ -241,10 +246,7 @@ async fn a_deleted_conversation_leaves_mysql_and_the_cache_and_then_is_404() -> 
 async fn a_latest_conversation_mysql_lost_is_replaced_not_saved_into() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (_, first) = stack.chat("u1", "before the reset").await?;
-    let lost = first["conversation_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let lost = conversation_of(&first);
     // The second chat reads the first as context: the pointer and the list are cached.
     stack.chat("u1", "still before").await?;
     let mut mysql = stack.mysql().await?;
@@ -268,10 +270,7 @@ async fn a_latest_conversation_mysql_lost_is_replaced_not_saved_into() -> anyhow
     let (status, after) = stack.chat("u1", "after the reset").await?;
     assert_eq!(status, StatusCode::OK, "{after}");
     assert_eq!(after["history_saved"], true, "{after}");
-    let replacement = after["conversation_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let replacement = conversation_of(&after);
     assert_eq!(replacement.len(), 36, "{after}");
     assert_ne!(replacement, lost);
     let (_, next) = stack.chat("u1", "and then").await?;
@@ -347,10 +346,7 @@ async fn erasing_all_leaves_nothing_of_the_users_messages_in_mysql_or_redis() ->
 async fn another_users_conversation_is_404_and_never_shows_its_content() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (_, body) = stack.chat("alice", "alice's secret plan").await?;
-    let theirs = body["conversation_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let theirs = conversation_of(&body);
     let path = format!("/conversations/{theirs}");
     let before = stack.provider.requests().len();
     let cases = [
@@ -470,10 +466,7 @@ async fn titles_come_from_the_first_message_and_can_be_renamed() -> anyhow::Resu
     let long =
         "Could you please compare the train and the ferry from Helsinki to Tallinn in winter";
     let (_, chatted) = stack.chat("u1", long).await?;
-    let id = chatted["conversation_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let id = conversation_of(&chatted);
     assert_eq!(
         id,
         created["id"].as_str().unwrap_or_default(),

@@ -135,40 +135,82 @@ async fn an_open_reservation_is_kept_alive_past_its_lifetime() -> anyhow::Result
     Ok(())
 }
 
+/// A token service on an address of its own that a test can stop and start again there,
+/// and the gateway's clients of it (1 s deadline): for settlements that miss it.
+struct Stoppable {
+    local: std::net::SocketAddr,
+    settings: chat_token::Settings,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _redis: TestRedis,
+}
+
+impl Stoppable {
+    async fn start() -> anyhow::Result<(Self, Backends)> {
+        chat_common::telemetry::init_for_tests();
+        let redis = TestRedis::new().await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let local = listener.local_addr()?;
+        let settings = chat_token::Settings {
+            redis_addr: redis.addr.clone(),
+            redis_key_prefix: redis.prefix.clone(),
+            token_metrics_listen: String::new(),
+            daily_limit: 1000,
+            ..chat_token::Settings::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(chat_token::run(settings.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let backends = Backends::connect(&Settings {
+            token_addr: format!("http://{local}"),
+            token_timeout_ms: 1000,
+            ..Settings::default()
+        })?;
+        wait_for(&backends).await?;
+        let stoppable = Self {
+            local,
+            settings,
+            stop: Some(stop),
+            running: Some(running),
+            _redis: redis,
+        };
+        Ok((stoppable, backends))
+    }
+
+    /// Stops the service and waits until it has.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await??;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same address, for the rest of the test.
+    async fn start_again(&self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(self.local).await?;
+        let settings = self.settings.clone();
+        tokio::spawn(chat_token::run(settings, listener, std::future::pending()));
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_settlement_the_token_service_missed_is_retried_until_it_takes_it() -> anyhow::Result<()>
 {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let redis = TestRedis::new().await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let local = listener.local_addr()?;
-    let token = chat_token::Settings {
-        redis_addr: redis.addr.clone(),
-        redis_key_prefix: redis.prefix.clone(),
-        token_metrics_listen: String::new(),
-        daily_limit: 1000,
-        ..chat_token::Settings::default()
-    };
-    let first_run = tokio::spawn(chat_token::run(token.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-    let backends = Backends::connect(&Settings {
-        token_addr: format!("http://{local}"),
-        token_timeout_ms: 1000,
-        ..Settings::default()
-    })?;
-    wait_for(&backends).await?;
+    let (mut token, backends) = Stoppable::start().await?;
     let reservation = Reservation::take(&backends, &reserver(), &flat(300)).await?;
-    let _ = stop.send(());
-    first_run.await??;
+    token.stop().await?;
     assert!(backends.remaining("reserver", None).await.is_err(), "away");
 
     // The token service is away: answered at once, with what the settlement will
     // leave (1000 - 120), and retried in the background.
     assert_eq!(reservation.settle(Charge::Counted(120)).await, 880);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let listener = TcpListener::bind(local).await?;
-    tokio::spawn(chat_token::run(token, listener, std::future::pending()));
+    token.start_again().await?;
     wait_for(&backends).await?;
     assert_eq!(
         remaining_becomes(&backends, 880).await?,
@@ -182,39 +224,17 @@ async fn a_settlement_the_token_service_missed_is_retried_until_it_takes_it() ->
 /// back during the drain, and the usage is charged before the drain ends.
 #[tokio::test]
 async fn a_drain_waits_for_a_settlement_being_retried() -> anyhow::Result<()> {
-    chat_common::telemetry::init_for_tests();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let redis = TestRedis::new().await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let local = listener.local_addr()?;
-    let token = chat_token::Settings {
-        redis_addr: redis.addr.clone(),
-        redis_key_prefix: redis.prefix.clone(),
-        token_metrics_listen: String::new(),
-        daily_limit: 1000,
-        ..chat_token::Settings::default()
-    };
-    let first_run = tokio::spawn(chat_token::run(token.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let (mut token, backends) = Stoppable::start().await?;
     let stopping = Shutdown::new(6);
-    let backends = Backends::connect(&Settings {
-        token_addr: format!("http://{local}"),
-        token_timeout_ms: 1000,
-        ..Settings::default()
-    })?
-    .with_shutdown(stopping.clone());
-    wait_for(&backends).await?;
+    let backends = backends.with_shutdown(stopping.clone());
     let reservation = Reservation::take(&backends, &reserver(), &flat(300)).await?;
-    let _ = stop.send(());
-    first_run.await??;
+    token.stop().await?;
     assert_eq!(reservation.settle(Charge::Counted(120)).await, 880);
 
     let drain = tokio::spawn(async move { stopping.drain(async {}).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!drain.is_finished(), "the drain waits for the retry");
-    let listener = TcpListener::bind(local).await?;
-    tokio::spawn(chat_token::run(token, listener, std::future::pending()));
+    token.start_again().await?;
     let drained = drain.await?;
     assert_eq!((drained.tasks_at_start, drained.abandoned), (1, 0));
     assert_eq!(
