@@ -94,7 +94,10 @@ impl OwnRedis {
             command.args(["--save", "", "--appendonly", "no"]);
         }
         if self.cluster {
-            command.args(["--cluster-enabled", "yes"]);
+            // The cluster bus listens on a port of its own: by default this one plus
+            // 10,000, which nothing checked was free (or below 65,536).
+            let bus = crate::free_port()?.to_string();
+            command.args(["--cluster-enabled", "yes", "--cluster-port", &bus]);
         }
         let server = command
             .stdout(Stdio::null())
