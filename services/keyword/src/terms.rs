@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
+use std::sync::OnceLock;
 
 use jieba_rs::{Jieba, KeywordExtract, KeywordExtractConfig, TfIdf};
 
@@ -20,7 +21,10 @@ const MAX_TERM_CHARS: usize = 64;
 
 pub struct Analyzer {
     jieba: Jieba,
-    tfidf: TfIdf,
+    /// jieba's IDF table (270k words in a map of owned strings, about 30 MiB with its
+    /// text), made the first time `Extract` asks for keywords: nothing in the chat path
+    /// (indexing, searching) reads it, so a service that is never asked holds none of it.
+    tfidf: OnceLock<TfIdf>,
     stop_words: HashSet<&'static str>,
 }
 
@@ -36,15 +40,9 @@ impl Analyzer {
                 .load_dict(&mut BufReader::new(file))
                 .map_err(|error| anyhow::anyhow!("KEYWORD_DICT {custom_dict}: {error}"))?;
         }
-        let mut tfidf = TfIdf::default();
-        *tfidf.config_mut() = KeywordExtractConfig::builder()
-            .set_stop_words(STOP_WORDS.iter().map(|word| (*word).to_owned()).collect())
-            .min_keyword_length(1)
-            .use_hmm(true)
-            .build();
         Ok(Self {
             jieba,
-            tfidf,
+            tfidf: OnceLock::new(),
             stop_words: STOP_WORDS.iter().copied().collect(),
         })
     }
@@ -108,10 +106,12 @@ impl Analyzer {
     }
 
     /// The keywords of `text` by TF-IDF (jieba's built-in IDF table; words it does not
-    /// know get its median IDF), heaviest first.
+    /// know get its median IDF), heaviest first. The first call loads the table (a
+    /// blocking tenth of a second or so: callers run this off the runtime).
     pub fn keywords(&self, text: &str, limit: usize) -> Vec<(String, f64)> {
         let lowered = text.to_lowercase();
         self.tfidf
+            .get_or_init(tf_idf)
             .extract_keywords(&self.jieba, &lowered, limit.max(1) * 2, Vec::new())
             .into_iter()
             .filter(|keyword| self.keep(keyword.keyword.trim()))
@@ -119,6 +119,17 @@ impl Analyzer {
             .map(|keyword| (keyword.keyword, keyword.weight))
             .collect()
     }
+}
+
+/// jieba's TF-IDF extractor with its built-in IDF table and our stop words.
+fn tf_idf() -> TfIdf {
+    let mut tfidf = TfIdf::default();
+    *tfidf.config_mut() = KeywordExtractConfig::builder()
+        .set_stop_words(STOP_WORDS.iter().map(|word| (*word).to_owned()).collect())
+        .min_keyword_length(1)
+        .use_hmm(true)
+        .build();
+    tfidf
 }
 
 /// A character of a script written without spaces between words (CJK ideographs,
