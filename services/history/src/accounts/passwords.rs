@@ -10,7 +10,8 @@
 
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::password_hash::{self, CustomizedPasswordHasher, PasswordHasher, PasswordVerifier};
@@ -158,7 +159,9 @@ impl PasswordHasher<PasswordHash> for InKeptMemory {
 const MAX_MEMORY_BLOCKS: usize = 256 * 1024;
 
 /// How long a hashing thread keeps its memory with no hash to do.
-const KEEP_MEMORY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Long enough to span a burst of logins or of users made, short enough that memory used
+/// at a service's start (it hashes a decoy) or for one login is soon back.
+const KEEP_MEMORY_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 thread_local! {
     /// Argon2's working memory, one per hashing thread, kept while the thread is busy:
@@ -191,59 +194,88 @@ fn argon2(
     })
 }
 
-/// The threads that hash, taking jobs in turn from one queue. They end when the last
-/// [`Passwords`] holding the queue is dropped.
+/// The threads that hash, each with a queue of its own; a job goes to the thread with
+/// the fewest waiting. (One queue shared behind a mutex made the threads wait for it in
+/// turn: the one holding it waited for a job, the others for the mutex, so each gave
+/// its memory back only after the one before it had: 30 s apart.) They end when the last
+/// [`Passwords`] holding the queues is dropped.
 #[derive(Clone)]
 struct Hashers {
+    threads: Arc<[Hasher]>,
+}
+
+/// One hashing thread's queue and how many jobs it has not finished.
+struct Hasher {
     jobs: mpsc::Sender<Job>,
+    pending: Arc<AtomicUsize>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
 impl Hashers {
     fn start(threads: usize, keep_memory_idle: std::time::Duration) -> Result<Self, AccountError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
-        for n in 0..threads {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("argon2-{n}"))
-                .spawn(move || {
-                    loop {
-                        let job = queue
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .recv_timeout(keep_memory_idle);
-                        match job {
-                            // A panicking job answers nothing (its caller sees the
-                            // dropped answer); the thread goes on with the next.
-                            Ok(job) => {
-                                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+        let threads = (0..threads.max(1))
+            .map(|n| {
+                let (jobs, queue) = mpsc::channel::<Job>();
+                let pending = Arc::new(AtomicUsize::new(0));
+                std::thread::Builder::new()
+                    .name(format!("argon2-{n}"))
+                    .spawn(move || {
+                        loop {
+                            match queue.recv_timeout(keep_memory_idle) {
+                                // Jobs catch their own panics (`Hasher::run`).
+                                Ok(job) => job(),
+                                // Zeroed after its last use already.
+                                Err(mpsc::RecvTimeoutError::Timeout) => {
+                                    MEMORY.with_borrow_mut(|memory| *memory = Vec::new());
+                                }
+                                Err(mpsc::RecvTimeoutError::Disconnected) => return,
                             }
-                            // Zeroed after its last use already.
-                            Err(mpsc::RecvTimeoutError::Timeout) => {
-                                MEMORY.with_borrow_mut(|memory| *memory = Vec::new());
-                            }
-                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         }
-                    }
-                })
-                .map_err(|_| AccountError::Hashing)?;
-        }
-        Ok(Self { jobs })
+                    })
+                    .map_err(|_| AccountError::Hashing)?;
+                Ok(Hasher { jobs, pending })
+            })
+            .collect::<Result<_, AccountError>>()?;
+        Ok(Self { threads })
     }
 
-    /// Runs `work` on the next free hashing thread.
+    /// Runs `work` on the hashing thread with the fewest jobs waiting (the first of
+    /// equals, so lone hashes keep to one thread's memory).
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AccountError> {
+        let hasher = self
+            .threads
+            .iter()
+            .min_by_key(|hasher| hasher.pending.load(Ordering::Relaxed))
+            .ok_or(AccountError::Hashing)?;
+        hasher.run(work).await
+    }
+}
+
+impl Hasher {
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AccountError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = answer.send(work());
-            }))
-            .map_err(|_| AccountError::Hashing)?;
+        let pending = self.pending.clone();
+        pending.fetch_add(1, Ordering::Relaxed);
+        let job = Box::new(move || {
+            // Counted done before answering, so the caller's next job sees it.
+            let done = std::panic::catch_unwind(AssertUnwindSafe(work));
+            pending.fetch_sub(1, Ordering::Relaxed);
+            // A panicking job answers nothing: its caller sees the dropped answer.
+            if let Ok(value) = done {
+                let _ = answer.send(value);
+            }
+        });
+        if self.jobs.send(job).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(AccountError::Hashing);
+        }
         answered.await.map_err(|_| AccountError::Hashing)
     }
 }
@@ -319,19 +351,47 @@ mod tests {
         Ok(())
     }
 
-    /// A hashing thread keeps argon2's memory between hashes, and gives it back once it
-    /// has had nothing to hash for a while.
+    /// Each hashing thread keeps argon2's memory between hashes, and gives it back once it
+    /// has had nothing to hash for a while, on its own clock.
     #[tokio::test]
-    async fn an_idle_hashing_thread_gives_its_memory_back() -> Result<(), AccountError> {
+    async fn idle_hashing_threads_give_their_memory_back() -> Result<(), AccountError> {
         let idle = std::time::Duration::from_millis(300);
-        let hashers = Hashers::start(1, idle)?;
+        let hashers = Hashers::start(2, idle)?;
         let kept = || MEMORY.with_borrow(Vec::len);
         let blocks = Params::default().block_count();
-        let password = SecretString::from("correct horse battery");
-        hashers.run(move || hash(&password)).await??;
-        assert_eq!(hashers.run(kept).await?, blocks, "kept between hashes");
+        async fn hash_on(hasher: &Hasher) -> Result<String, AccountError> {
+            let password = SecretString::from("correct horse battery");
+            hasher.run(move || hash(&password)).await?
+        }
+        let (first, second) = (&hashers.threads[0], &hashers.threads[1]);
+        let (one, other) = tokio::join!(hash_on(first), hash_on(second));
+        one?;
+        other?;
+        assert_eq!(first.run(kept).await?, blocks, "kept between hashes");
+        assert_eq!(second.run(kept).await?, blocks, "kept between hashes");
         tokio::time::sleep(idle * 3).await;
-        assert_eq!(hashers.run(kept).await?, 0, "given back when idle");
+        assert_eq!(first.run(kept).await?, 0, "given back when idle");
+        assert_eq!(second.run(kept).await?, 0, "given back when idle");
+        Ok(())
+    }
+
+    /// Jobs go where fewest wait: a burst is shared, a lone job goes to the first thread.
+    #[tokio::test]
+    async fn jobs_go_to_the_least_busy_thread() -> Result<(), AccountError> {
+        let hashers = Hashers::start(2, KEEP_MEMORY_IDLE)?;
+        let name = || std::thread::current().name().map(str::to_owned);
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let busy = hashers.run(move || released.recv().is_ok());
+        let other = async {
+            // The first job holds its thread until the second has answered.
+            let answer = hashers.run(name).await;
+            let _ = release.send(());
+            answer
+        };
+        let (busy, other) = tokio::join!(busy, other);
+        assert!(busy?);
+        assert_eq!(other?.as_deref(), Some("argon2-1"));
+        assert_eq!(hashers.run(name).await?.as_deref(), Some("argon2-0"));
         Ok(())
     }
 
