@@ -170,7 +170,15 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
         cases.retain(|case| options.only.iter().any(|name| is_named(&case.name, name)));
     }
     warm_up(options, &client, &gateways, &keys, &users).await;
+    // The peak memory reported is the load's: the set-up's (users made, each password
+    // hashed) is not what a serving stack holds.
+    stack.reset_peak_rss()?;
     measure(options, &client, &stack, &upstream, &mut cases).await;
+    let peak_rss_mib = stack.peak_rss_mib();
+    // What the stack holds once the load has stopped, past the time any service keeps
+    // working memory for more of the same (the history service's hashing memory).
+    tokio::time::sleep(IDLE_AFTER_LOAD).await;
+    let idle_rss_mib = stack.rss_mib();
     let results = cases
         .into_iter()
         .map(|case| {
@@ -184,7 +192,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
             )
         })
         .collect();
-    let mut results = Results::new(results, stack.peak_rss_mib(), options);
+    let mut results = Results::new(results, peak_rss_mib, options);
+    results.idle_rss_mib = idle_rss_mib;
     results.metrics = scrape(&client, &stack).await;
     Ok(results)
 }
@@ -209,6 +218,9 @@ async fn callers(
         Callers::Named(Arc::new(users)),
     ))
 }
+
+/// How long after the last case the idle memory is read.
+const IDLE_AFTER_LOAD: Duration = Duration::from_secs(6);
 
 /// The stack's gateways by role, in the order [`start_stack`] started them.
 struct Gateways<'a> {

@@ -109,7 +109,11 @@ pub struct Results {
     /// requests over its value at the cap, and the share of requests shed.
     pub overload_p99_ratio: Option<f64>,
     pub overload_shed_share: Option<f64>,
+    /// Peak resident memory of each process while the cases ran (set-up and warm-up
+    /// left out), in MiB.
     pub peak_rss_mib: BTreeMap<String, f64>,
+    /// Resident memory of each process a few seconds after the last case, in MiB.
+    pub idle_rss_mib: BTreeMap<String, f64>,
     /// Every process's `/metrics` text at the end, by name: written beside the results,
     /// not into them.
     #[serde(skip)]
@@ -167,6 +171,7 @@ impl Results {
             overload_p99_ratio,
             overload_shed_share,
             peak_rss_mib,
+            idle_rss_mib: BTreeMap::new(),
             metrics: Vec::new(),
         }
     }
@@ -277,9 +282,18 @@ impl Results {
                 let _ = writeln!(out, "  {process:<12} {seconds:.3}");
             }
         }
-        let _ = writeln!(out, "peak RSS (MiB):");
-        for (process, mib) in &self.peak_rss_mib {
-            let _ = writeln!(out, "  {process:<12} {mib:.1}");
+        for (title, rss) in [
+            ("peak RSS under load (MiB)", &self.peak_rss_mib),
+            ("RSS idle after the load (MiB)", &self.idle_rss_mib),
+        ] {
+            if rss.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "{title}:");
+            for (process, mib) in rss {
+                let _ = writeln!(out, "  {process:<12} {mib:.1}");
+            }
+            let _ = writeln!(out, "  {:<12} {:.1}", "stack", stack_rss_mib(rss));
         }
     }
 
@@ -334,4 +348,13 @@ pub(crate) fn commit() -> String {
         .filter(|output| output.status.success())
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Every service's and the first gateway's memory together, in MiB: the whole stack as
+/// one deployment runs it (the bench runs several gateways side by side).
+fn stack_rss_mib(rss: &BTreeMap<String, f64>) -> f64 {
+    rss.iter()
+        .filter(|(process, _)| !process.starts_with("gateway-") || *process == "gateway-1")
+        .map(|(_, mib)| mib)
+        .sum()
 }

@@ -119,7 +119,8 @@ impl Stack {
         })
     }
 
-    /// Peak resident memory of each process, in MiB.
+    /// Peak resident memory of each process (`VmHWM`) since it started or since
+    /// [`Stack::reset_peak_rss`], in MiB.
     pub fn peak_rss_mib(&self) -> BTreeMap<String, f64> {
         self.each_process(|pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -127,6 +128,27 @@ impl Stack {
             let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib / 1024.0)
         })
+    }
+
+    /// Starts every process's peak resident memory again from what it holds now (5 to
+    /// `/proc/PID/clear_refs`), so that [`Stack::peak_rss_mib`] gives the peak of what ran
+    /// since: the bench's load, not its set-up.
+    pub fn reset_peak_rss(&self) -> std::io::Result<()> {
+        let Running::Processes(children) = &self.running else {
+            return Ok(());
+        };
+        for pid in children.iter().filter_map(|process| process.child.id()) {
+            std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+        }
+        Ok(())
+    }
+
+    /// Resident memory of each process now, in MiB.
+    pub fn rss_mib(&self) -> BTreeMap<String, f64> {
+        self.rss_kib()
+            .into_iter()
+            .map(|(process, kib)| (process, kib / 1024.0))
+            .collect()
     }
 
     /// Resident memory of each process now (`VmRSS`), in KiB: the soak samples it to
