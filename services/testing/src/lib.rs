@@ -49,12 +49,21 @@ where
 /// the kernel's ephemeral range: the ports outgoing connections (to Redis, to MySQL, of
 /// every parallel test) are given come from that range, and one of them landing on a port
 /// handed out here, between the check and the server's bind, failed whole test runs. A
-/// server that still cannot bind must fail loudly, and its launcher try again.
+/// server that still cannot bind must fail loudly, and its launcher try again. A port is
+/// handed out once per process: two draws landing on the same free port gave two servers
+/// of one stack the same port (one bench run failed so: the second gateway could not bind,
+/// and the first answered in its place).
 pub fn free_port() -> anyhow::Result<u16> {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     /// Distinct draws within one process, whatever the random state repeats.
     static DRAWS: AtomicU64 = AtomicU64::new(0);
+    /// Every port handed out so far.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
 
     let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -68,12 +77,33 @@ pub fn free_port() -> anyhow::Result<u16> {
             hasher.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
             hasher.write_u32(std::process::id());
             let port = FROM + u16::try_from(hasher.finish() % span)?;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
                 return Ok(port);
             }
         }
     }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    for _ in 0..64 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port found that was not handed out already")
+}
+
+#[cfg(test)]
+mod tests {
+    /// However the random draws fall, one process never gets the same port twice.
+    #[test]
+    fn a_port_is_handed_out_once() -> anyhow::Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let port = super::free_port()?;
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
+        Ok(())
+    }
 }
