@@ -158,6 +158,13 @@ impl PasswordHasher<PasswordHash> for InKeptMemory {
 /// is refused rather than allowed to grow the process.
 const MAX_MEMORY_BLOCKS: usize = 256 * 1024;
 
+/// Blocks reserved (1 KiB each) for a thread's memory, at least: more than glibc's largest
+/// dynamic mmap threshold (32 MiB), so the memory is always its own mapping, given back to
+/// the system whole when freed. At 19 MiB, the first block freed raised glibc's threshold
+/// above its size, and every later one came from the thread's arena, where freeing it
+/// gave nothing back. Only the blocks used are ever touched, so only they are resident.
+const ALWAYS_MAPPED_BLOCKS: usize = 33 * 1024;
+
 /// How long a hashing thread keeps its memory with no hash to do.
 /// Long enough to span a burst of logins or of users made, short enough that memory used
 /// at a service's start (it hashes a decoy) or for one login is soon back.
@@ -185,6 +192,7 @@ fn argon2(
     }
     MEMORY.with_borrow_mut(|memory| {
         if memory.len() < blocks {
+            *memory = Vec::with_capacity(blocks.max(ALWAYS_MAPPED_BLOCKS));
             memory.resize(blocks, Block::default());
         }
         let hashed = argon2.hash_password_into_with_memory(password, salt, output, &mut memory[..]);
