@@ -2,12 +2,15 @@
 //! `encode_ordinary(text).len()` gives, from one map of token bytes to rank whose keys
 //! point into the vocabulary embedded in the binary (build.rs writes it). tiktoken's
 //! `CoreBPE` keeps every token three times over (encoder, decoder, sorted bytes) in
-//! maps of owned vectors: some 45 MiB, in every process that counts. This is about 7.
+//! maps of owned vectors: some 45 MiB, in every process that counts. This is about 2.5:
+//! a table of ranks (4 bytes a slot) hashed by the token's bytes, and each rank's place in
+//! the vocabulary (4 bytes a token). A map of `&[u8]` to rank took 24 bytes a slot, 6.6 MiB.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use fancy_regex::Regex;
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 
 /// Every ordinary token: rank (u32, little-endian), length (u8), bytes.
 static VOCABULARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k_base.bin"));
@@ -18,28 +21,64 @@ const PATTERN: &str = include_str!(concat!(env!("OUT_DIR"), "/o200k_base.pattern
 const NONE: u32 = u32::MAX;
 
 pub struct Bpe {
+    /// Every token's rank, hashed by the token's bytes (which [`Bpe::bytes`] finds).
+    ranks: HashTable<u32>,
+    /// Where each rank's bytes start in [`VOCABULARY`] (their length is the byte before),
+    /// by rank; 0 for a rank that is no ordinary token.
+    starts: Vec<u32>,
     /// foldhash, not SipHash: its lookups were half the counting's instructions, and
-    /// flooding is no concern for a map that is never written after it is built (texts
+    /// flooding is no concern for a table that is never written after it is built (texts
     /// only look keys up; the probe sequences are those of the fixed vocabulary).
-    ranks: HashMap<&'static [u8], u32, RandomState>,
+    hasher: RandomState,
     pieces: Regex,
 }
 
 impl Bpe {
     pub fn o200k_base() -> Result<Self, fancy_regex::Error> {
-        let mut ranks = HashMap::with_capacity_and_hasher(200_000, RandomState::default());
-        let mut rest = VOCABULARY;
-        while let [a, b, c, d, length, tail @ ..] = rest {
-            let Some((bytes, tail)) = tail.split_at_checked(usize::from(*length)) else {
+        let mut tokens = Vec::with_capacity(200_000);
+        let mut at = 0;
+        while let Some(&[a, b, c, d, length]) = VOCABULARY.get(at..at + 5) {
+            let start = at + 5;
+            let end = start + usize::from(length);
+            if end > VOCABULARY.len() {
                 break;
-            };
-            ranks.insert(bytes, u32::from_le_bytes([*a, *b, *c, *d]));
-            rest = tail;
+            }
+            tokens.push((u32::from_le_bytes([a, b, c, d]), start));
+            at = end;
         }
-        Ok(Self {
-            ranks,
+        let last = tokens.iter().map(|&(rank, _)| rank).max().unwrap_or(0);
+        let mut starts = vec![0; last as usize + 1];
+        for &(rank, start) in &tokens {
+            // The vocabulary is 2 MB: every start fits.
+            starts[rank as usize] = u32::try_from(start).unwrap_or(0);
+        }
+        let mut bpe = Self {
+            ranks: HashTable::with_capacity(tokens.len()),
+            starts,
+            hasher: RandomState::default(),
             pieces: Regex::new(PATTERN)?,
-        })
+        };
+        for (rank, _) in tokens {
+            let hash = bpe.hasher.hash_one(bpe.bytes(rank));
+            let (starts, hasher) = (&bpe.starts, &bpe.hasher);
+            bpe.ranks.insert_unique(hash, rank, |&rank| {
+                hasher.hash_one(token_bytes(starts, rank))
+            });
+        }
+        Ok(bpe)
+    }
+
+    /// The bytes of the token of `rank`.
+    fn bytes(&self, rank: u32) -> &'static [u8] {
+        token_bytes(&self.starts, rank)
+    }
+
+    /// The rank of the token `bytes` are, if they are one.
+    fn rank_of(&self, bytes: &[u8]) -> Option<u32> {
+        let hash = self.hasher.hash_one(bytes);
+        self.ranks
+            .find(hash, |&rank| self.bytes(rank) == bytes)
+            .copied()
     }
 
     /// Tokens in `text`; `None` when the pattern gave up on it (its backtracking limit).
@@ -47,7 +86,7 @@ impl Bpe {
         let mut tokens = 0;
         for piece in self.pieces.find_iter(text) {
             let piece = piece.ok()?.as_str().as_bytes();
-            tokens += if self.ranks.contains_key(piece) {
+            tokens += if self.rank_of(piece).is_some() {
                 1
             } else {
                 self.merged(piece)
@@ -90,10 +129,19 @@ impl Bpe {
     fn rank(&self, piece: &[u8], parts: &[(usize, u32)], i: usize, skip: usize) -> u32 {
         parts
             .get(i + skip + 2)
-            .and_then(|&(end, _)| self.ranks.get(&piece[parts[i].0..end]))
-            .copied()
+            .and_then(|&(end, _)| self.rank_of(&piece[parts[i].0..end]))
             .unwrap_or(NONE)
     }
+}
+
+/// The bytes of the token of `rank`, given where each rank's bytes start.
+fn token_bytes(starts: &[u32], rank: u32) -> &'static [u8] {
+    let start = starts.get(rank as usize).map_or(0, |&start| start as usize);
+    let length = start
+        .checked_sub(1)
+        .and_then(|at| VOCABULARY.get(at))
+        .map_or(0, |&length| usize::from(length));
+    VOCABULARY.get(start..start + length).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -162,7 +210,7 @@ mod tests {
         assert_eq!(ours.ranks.len(), 199_998);
         for rank in [0, 1, 255, 256, 1000, 100_000, 199_997] {
             let bytes = theirs.decode_bytes(&[rank])?;
-            assert_eq!(ours.ranks.get(bytes.as_slice()), Some(&rank));
+            assert_eq!(ours.rank_of(bytes.as_slice()), Some(rank));
         }
         Ok(())
     }
