@@ -12,6 +12,7 @@
 
 mod api_keys;
 mod error;
+mod hashers;
 mod keys;
 mod login;
 mod passwords;
